@@ -1,0 +1,20 @@
+//! QuorumDB: a strongly consistent, replicated key-value database with an etcd v3 client API.
+//!
+//! Module map (dependencies point downwards only: `api` and `network` call into Raft and `store`;
+//! `store` imports neither):
+//!
+//! - [`types`]: the openraft type configuration and the commands that travel through the log.
+//! - [`limits`]: every bound, with its unit in the name.
+//! - [`store`]: the only module that knows sled: Raft log, MVCC state machine, snapshots.
+//! - [`network`]: the Raft peer transport over gRPC, with a fault seam for tests.
+//! - [`api`]: the etcd v3 gRPC services clients talk to.
+//! - [`codec`]: the binary format of our own data (log, snapshots, peer payloads).
+//! - [`config`]: node configuration from flags, environment and TOML, validated once.
+//! - [`node`]: wiring: open store, start Raft, serve, shut down cleanly.
+//! - [`pb`]: generated protobuf code (etcd v3 client API and our peer service).
+
+pub mod codec;
+pub mod limits;
+pub mod pb;
+pub mod store;
+pub mod types;

@@ -1,0 +1,60 @@
+//! Every bound QuorumDB enforces, with its unit last in the name and a line saying why.
+//!
+//! Values that mirror etcd's defaults say so: clients and operators tune against those numbers.
+
+/// Largest serialized client request accepted (etcd `--max-request-bytes` default, 1.5 MiB).
+pub const REQUEST_BYTES_MAX: usize = 1536 * 1024;
+
+/// The largest value `--max-request-bytes` may take: a log entry must fit a peer message.
+pub const REQUEST_BYTES_LIMIT_MAX: usize = 4 * 1024 * 1024;
+
+/// gRPC decode limit for the largest allowed request, plus etcd's 512 KiB of framing slack.
+pub const GRPC_DECODE_BYTES_MAX: usize = REQUEST_BYTES_LIMIT_MAX + 512 * 1024;
+
+/// Operations per list in a transaction (etcd `--max-txn-ops` default).
+pub const TXN_OPS_MAX: usize = 128;
+
+/// Raft heartbeat period; elections are a few heartbeats long.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+
+/// Election timeout range: long enough to ride over a slow flush on a shared 2-core machine.
+pub const ELECTION_TIMEOUT_MS_MIN: u64 = 1000;
+pub const ELECTION_TIMEOUT_MS_MAX: u64 = 2000;
+
+/// How long a request waits for a leader to be known before it fails with `no leader`.
+pub const LEADER_WAIT_MS_MAX: u64 = 3000;
+
+/// How long a linearizable read or a write may take in total before the server gives up
+/// (`request timed out`): a few election timeouts, so a leader change mid-request can finish.
+pub const REQUEST_TIMEOUT_MS: u64 = 7000;
+
+/// How long a follower waits for its state machine to reach the leader's read index.
+pub const READ_INDEX_APPLY_WAIT_MS_MAX: u64 = 5000;
+
+/// Timeout of one peer RPC (append, vote); snapshots get longer per chunk.
+pub const PEER_RPC_TIMEOUT_MS: u64 = 2000;
+
+/// Size of one snapshot chunk on the peer service: bounded so a chunk never nears the decode limit.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 512 * 1024;
+
+/// Build a snapshot (and purge the log before it) after this many applied entries since the last.
+pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 5000;
+
+/// Entries kept in the log behind a snapshot, so a briefly lagging follower catches up by log.
+pub const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = 1000;
+
+/// Entries per append RPC: with requests of at most REQUEST_BYTES_LIMIT_MAX, one replication message
+/// stays under PEER_MESSAGE_BYTES_MAX.
+pub const APPEND_ENTRIES_PER_RPC_MAX: u64 = 64;
+
+/// gRPC decode limit on the peer service (append batches, forwarded writes, snapshot chunks).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 512 * 1024 * 1024;
+
+const _: () = assert!(ELECTION_TIMEOUT_MS_MIN > 3 * HEARTBEAT_INTERVAL_MS);
+const _: () = assert!(ELECTION_TIMEOUT_MS_MAX > ELECTION_TIMEOUT_MS_MIN);
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES < PEER_MESSAGE_BYTES_MAX);
+const _: () = assert!(
+    (APPEND_ENTRIES_PER_RPC_MAX as usize + 1) * REQUEST_BYTES_LIMIT_MAX < PEER_MESSAGE_BYTES_MAX
+);
+const _: () = assert!(LOG_ENTRIES_KEPT_AFTER_SNAPSHOT < SNAPSHOT_LOGS_SINCE_LAST);
+const _: () = assert!(REQUEST_TIMEOUT_MS > LEADER_WAIT_MS_MAX);

@@ -1,0 +1,80 @@
+//! Storage: the only module that knows sled.
+//!
+//! One sled database per node holds two trees: `raft_log` (log entries, vote, purge point: see
+//! [`log_store`]) and `keyspace` (the MVCC data, last applied log id and membership: see
+//! [`mvcc`]). Snapshots live as files in `snapshots/` next to the database.
+//!
+//! Everything outside this module sees [`LogStore`] and [`StateMachine`] (handed to openraft) and
+//! [`KvReader`] (local reads for the API); no sled type crosses this boundary.
+
+mod codec;
+pub mod log_store;
+pub mod mvcc;
+pub mod state_machine;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+
+use crate::types::KvError;
+use crate::types::RangeOp;
+use crate::types::RangeResult;
+
+/// The storage of one node, opened from its data directory.
+pub struct Store {
+    pub log_store: LogStore,
+    pub state_machine: StateMachine,
+    pub reader: KvReader,
+}
+
+/// Opens (or creates) the node's storage under `data_dir`. Must run inside a tokio runtime: the
+/// log store starts its flusher task.
+pub fn open(data_dir: &Path) -> io::Result<Store> {
+    std::fs::create_dir_all(data_dir)?;
+    let db = sled::Config::new()
+        .path(data_dir.join("db"))
+        .open()
+        .map_err(codec::sled_error)?;
+    let keyspace = Arc::new(mvcc::KeySpace::open(
+        db.open_tree("keyspace").map_err(codec::sled_error)?,
+    )?);
+    let log_store = LogStore::open(db.clone())?;
+    let state_machine =
+        StateMachine::open(db.clone(), keyspace.clone(), data_dir.join("snapshots"))?;
+    Ok(Store {
+        log_store,
+        state_machine,
+        reader: KvReader { db, keyspace },
+    })
+}
+
+/// Local reads of the key space, shared with the state machine. Whether a read through it is
+/// linearizable is decided by the caller (read index), not here.
+#[derive(Clone)]
+pub struct KvReader {
+    db: sled::Db,
+    keyspace: Arc<mvcc::KeySpace>,
+}
+
+impl KvReader {
+    /// A consistent read; also returns the store revision it was served at.
+    pub fn range(&self, op: &RangeOp) -> Result<(RangeResult, i64), KvError> {
+        self.keyspace.range(op)
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.keyspace.revision()
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.keyspace.compact_revision()
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn db_size_bytes(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}

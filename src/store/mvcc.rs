@@ -1,0 +1,2605 @@
+//! The MVCC key space: etcd's revisioned key-value semantics (ETCD_WIRE.md section 3) kept in
+//! ONE sled tree, together with the few raw entries the Raft state machine stores beside it.
+//!
+//! It owns: the current value of every key, every older version still inside the history window,
+//! the store revision and the compact revision. It decides every etcd outcome of a read or a write
+//! (revision bumps, versions, compare results, compacted / future revision errors), and it must do
+//! so deterministically: every replica applies the same commands to the same state and must reach
+//! the same bytes, so nothing here may depend on time, randomness, hash-map order or local config.
+//!
+//! It must never: write anything outside one `sled::Batch` per [`KeySpace::apply`] (a crash must
+//! leave either all of a batch of log entries applied, together with the caller's `last_applied`,
+//! or none of it); let a reader see half of a batch; know about Raft, gRPC or protobuf.
+//!
+//! ```text
+//! apply(commands, extra) -- write gate held throughout --
+//!   for each command:  Apply (overlay of raw tree writes, read-your-writes over the tree)
+//!                        Put / Delete / Txn / Compact -> CommandResponse
+//!                        an etcd error (KvError) undoes that command's overlay writes
+//!   overlay + extra + meta ---> one sled::Batch ---> tree.apply_batch ---> publish revision
+//! range(op) -- read gate -- live entries (current revision) or history entries (older revision)
+//! ```
+//!
+//! # Layout of the tree
+//! Every tree key starts with one prefix byte:
+//!
+//! | prefix | tree key | value |
+//! |---|---|---|
+//! | `0x00` meta | `0x00 "revision"`, `0x00 "compact_revision"` | `i64`, 8 bytes big-endian |
+//! | `0x01` live | `0x01 user_key` | `StoredValue` of the current version; absent once deleted |
+//! | `0x02` history | `0x02 escape(user_key) 0x00 0x00 mod_revision` | `'P'` + `StoredValue`, or `'T'` |
+//! | `0x03` extra | [`EXTRA_PREFIX`] + anything | the caller's bytes, never interpreted here |
+//!
+//! `escape` turns each `0x00` byte of the user key into `0x00 0xFF`; the `0x00 0x00` terminator
+//! then sorts below any continuation of the key, and the revision is 8 bytes big-endian (always
+//! positive), so history entries sort by user key, then by revision. A user key range `[k, e)`
+//! therefore maps to the contiguous tree range `[0x02 escape(k) 0x00 0x00, 0x02 escape(e) 0x00
+//! 0x00)`. The history holds every version, the current one included: a read at an older revision
+//! `R` takes, per key, the newest history entry with `mod_revision <= R`, and a tombstone (`'T'`,
+//! written at the deletion revision) means the key was absent at `R`. Reads at the current
+//! revision only scan the live entries.
+//!
+//! `StoredValue` (create_revision, mod_revision, version, lease, value) is encoded with
+//! [`crate::codec`] (bincode over serde), the project's one format for its own data. The user key
+//! is not repeated inside it: it is in the tree key.
+//!
+//! # Decisions
+//! - **One tree, one batch.** Data, history, meta and the caller's `last_applied`/membership commit
+//!   in the same `apply_batch`, so a restart never finds data ahead of or behind `last_applied`.
+//!   Rejected: one tree per kind, which would need sled transactions across trees.
+//! - **Current value stored twice** (live and newest history entry). Current reads, the common
+//!   case, stay a plain scan with no per-key version search; the cost is one more copy of each
+//!   current value. Rejected: an in-memory index like etcd's, which must be rebuilt on every
+//!   start and kept equal to the tree.
+//! - **History reads and compaction scan.** A read at an older revision walks every version of
+//!   the keys in its range, and Compact walks the whole history (holding the keys it drops in
+//!   memory) inside one batch. Simple and obviously deterministic; if history grows large, a
+//!   reverse-seek per key is the next step.
+//! - **A gate (`RwLock<()>`) around the tree** rather than relying on sled's own isolation:
+//!   a range scans many entries and must see all of one applied batch or none of it.
+//! - **Storage read failures inside [`KeySpace::range`] panic.** Its error type is the etcd
+//!   [`KvError`], which must stay deterministic across replicas; a local disk or decoding failure
+//!   is not an etcd answer, and serving on from a store that cannot be read is worse than a crash.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::ops::Bound;
+use std::sync::RwLock;
+use std::sync::RwLockReadGuard;
+use std::sync::RwLockWriteGuard;
+use std::sync::atomic::AtomicI64;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use super::codec::sled_error;
+use crate::codec::decode;
+use crate::codec::encode;
+use crate::types::Command;
+use crate::types::CommandOutput;
+use crate::types::CommandResponse;
+use crate::types::Compare;
+use crate::types::CompareResult;
+use crate::types::CompareTarget;
+use crate::types::DeleteOp;
+use crate::types::KeyValue;
+use crate::types::KvError;
+use crate::types::PutOp;
+use crate::types::RangeOp;
+use crate::types::RangeResult;
+use crate::types::SortOrder;
+use crate::types::SortTarget;
+use crate::types::TxnOp;
+use crate::types::TxnRequestOp;
+use crate::types::TxnResponseOp;
+use crate::types::TxnResult;
+
+/// The prefix byte reserved for the caller's raw entries (see [`KeySpace::apply`]).
+pub const EXTRA_PREFIX: u8 = 0x03;
+
+const META_PREFIX: u8 = 0x00;
+const LIVE_PREFIX: u8 = 0x01;
+const HISTORY_PREFIX: u8 = 0x02;
+
+const META_REVISION_KEY: &[u8] = b"\x00revision";
+const META_COMPACT_REVISION_KEY: &[u8] = b"\x00compact_revision";
+
+/// First byte of a history value: a version written by a Put, followed by its [`StoredValue`].
+const HISTORY_PUT: u8 = b'P';
+/// The whole history value of a deletion.
+const HISTORY_TOMBSTONE: u8 = b'T';
+
+/// etcd's revision of an empty store; the first write makes revision 2.
+const REVISION_INITIAL: i64 = 1;
+/// Compact revision of a store that was never compacted.
+const COMPACT_REVISION_INITIAL: i64 = 0;
+
+const _: () = assert!(META_PREFIX < LIVE_PREFIX && LIVE_PREFIX < HISTORY_PREFIX);
+const _: () = assert!(HISTORY_PREFIX < EXTRA_PREFIX);
+const _: () = assert!(HISTORY_PUT != HISTORY_TOMBSTONE);
+const _: () = assert!(COMPACT_REVISION_INITIAL < REVISION_INITIAL);
+
+/// One version of a key as stored; the key itself is in the tree key.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredValue {
+    create_revision: i64,
+    mod_revision: i64,
+    version: i64,
+    lease: i64,
+    value: Vec<u8>,
+}
+
+impl StoredValue {
+    fn from_key_value(kv: KeyValue) -> StoredValue {
+        StoredValue {
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            lease: kv.lease,
+            value: kv.value,
+        }
+    }
+
+    fn into_key_value(self, key: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            value: self.value,
+            lease: self.lease,
+        }
+    }
+}
+
+fn decode_key_value(key: &[u8], stored: &[u8]) -> io::Result<KeyValue> {
+    let kv = decode::<StoredValue>(stored)?.into_key_value(key.to_vec());
+    // Read-back check of what every write asserts: a version exists only from revision 2 on.
+    if kv.version < 1
+        || kv.create_revision <= REVISION_INITIAL
+        || kv.create_revision > kv.mod_revision
+    {
+        return Err(invalid_data(format!(
+            "stored version breaks its invariants: {kv:?}"
+        )));
+    }
+    Ok(kv)
+}
+
+fn invalid_data(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+fn live_key(user_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + user_key.len());
+    key.push(LIVE_PREFIX);
+    key.extend_from_slice(user_key);
+    key
+}
+
+/// `0x02 escape(user_key) 0x00 0x00`: every history entry of `user_key` starts with it, and it
+/// sorts after every entry of a smaller user key.
+fn history_key_prefix(user_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + user_key.len() + 2 + 8);
+    key.push(HISTORY_PREFIX);
+    for &byte in user_key {
+        key.push(byte);
+        if byte == 0x00 {
+            key.push(0xFF);
+        }
+    }
+    key.extend_from_slice(&[0x00, 0x00]);
+    key
+}
+
+fn history_key(user_key: &[u8], revision: i64) -> Vec<u8> {
+    // Big-endian order equals numeric order only for non-negative revisions.
+    assert!(
+        revision > REVISION_INITIAL,
+        "history entry at revision {revision}"
+    );
+    let mut key = history_key_prefix(user_key);
+    key.extend_from_slice(&revision.to_be_bytes());
+    key
+}
+
+/// The inverse of [`history_key`]: (user key, mod revision).
+fn parse_history_key(tree_key: &[u8]) -> io::Result<(Vec<u8>, i64)> {
+    let malformed = || invalid_data(format!("malformed history key {tree_key:?}"));
+    if tree_key.first() != Some(&HISTORY_PREFIX) {
+        return Err(malformed());
+    }
+    let mut user_key = Vec::with_capacity(tree_key.len());
+    let mut index = 1;
+    loop {
+        match (tree_key.get(index), tree_key.get(index + 1)) {
+            (Some(0x00), Some(0xFF)) => {
+                user_key.push(0x00);
+                index += 2;
+            }
+            (Some(0x00), Some(0x00)) => {
+                index += 2;
+                break;
+            }
+            (Some(0x00), _) | (None, _) => return Err(malformed()),
+            (Some(&byte), _) => {
+                user_key.push(byte);
+                index += 1;
+            }
+        }
+    }
+    let revision_bytes: [u8; 8] = tree_key[index..].try_into().map_err(|_| malformed())?;
+    let revision = i64::from_be_bytes(revision_bytes);
+    if revision <= REVISION_INITIAL {
+        return Err(malformed());
+    }
+    Ok((user_key, revision))
+}
+
+fn encode_meta(value: i64) -> Vec<u8> {
+    value.to_be_bytes().to_vec()
+}
+
+fn decode_meta(name: &str, bytes: Option<&[u8]>, default: i64) -> io::Result<i64> {
+    match bytes {
+        None => Ok(default),
+        Some(bytes) => {
+            let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
+                invalid_data(format!("meta {name} is {} bytes, not 8", bytes.len()))
+            })?;
+            Ok(i64::from_be_bytes(bytes))
+        }
+    }
+}
+
+/// The user keys named by an etcd (key, range_end) pair (ETCD_WIRE.md 3.1): `[start, end)`,
+/// `end == None` meaning "to the end of the key space".
+struct KeyRange {
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// `None` when the pair names no key at all (range_end <= key, and not "\0").
+    fn new(key: &[u8], range_end: &[u8]) -> Option<KeyRange> {
+        if range_end.is_empty() {
+            // The single key k is exactly [k, k "\0"): no other byte string sorts between them.
+            let mut end = key.to_vec();
+            end.push(0x00);
+            return Some(KeyRange {
+                start: key.to_vec(),
+                end: Some(end),
+            });
+        }
+        if range_end == [0x00] {
+            return Some(KeyRange {
+                start: key.to_vec(),
+                end: None,
+            });
+        }
+        (range_end > key).then(|| KeyRange {
+            start: key.to_vec(),
+            end: Some(range_end.to_vec()),
+        })
+    }
+
+    fn live_bounds(&self) -> (Vec<u8>, Vec<u8>) {
+        let high = match &self.end {
+            Some(end) => live_key(end),
+            None => vec![LIVE_PREFIX + 1],
+        };
+        (live_key(&self.start), high)
+    }
+
+    fn history_bounds(&self) -> (Vec<u8>, Vec<u8>) {
+        let high = match &self.end {
+            Some(end) => history_key_prefix(end),
+            None => vec![HISTORY_PREFIX + 1],
+        };
+        (history_key_prefix(&self.start), high)
+    }
+}
+
+/// Pending raw writes of one `apply` call: `Some` inserts, `None` removes. Ordered, so a scan can
+/// merge it with the tree.
+type Overlay = BTreeMap<Vec<u8>, PendingWrite>;
+
+/// `Some(value)` inserts, `None` removes.
+type PendingWrite = Option<Vec<u8>>;
+
+/// The tree as it will be once `overlay` is written: what every command of an `apply` reads.
+struct View<'a> {
+    tree: &'a sled::Tree,
+    overlay: &'a Overlay,
+}
+
+impl View<'_> {
+    fn get(&self, tree_key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        match self.overlay.get(tree_key) {
+            Some(pending) => Ok(pending.clone()),
+            None => Ok(self
+                .tree
+                .get(tree_key)
+                .map_err(sled_error)?
+                .map(|value| value.to_vec())),
+        }
+    }
+
+    /// Visits every entry in `[low, high)` in key order, the overlay taking precedence.
+    fn scan(
+        &self,
+        low: &[u8],
+        high: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if low >= high {
+            return Ok(());
+        }
+        let mut base = self.tree.range(low..high);
+        let mut pending = self
+            .overlay
+            .range::<[u8], _>((Bound::Included(low), Bound::Excluded(high)))
+            .peekable();
+        let mut next_base = base.next().transpose().map_err(sled_error)?;
+        loop {
+            let take_pending = match (&next_base, pending.peek()) {
+                (None, None) => return Ok(()),
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((base_key, _)), Some((pending_key, _))) => {
+                    pending_key.as_slice() <= base_key.as_ref()
+                }
+            };
+            if take_pending {
+                let (pending_key, pending_value) = pending.next().expect("peeked");
+                if next_base
+                    .as_ref()
+                    .is_some_and(|(base_key, _)| base_key.as_ref() == pending_key.as_slice())
+                {
+                    next_base = base.next().transpose().map_err(sled_error)?;
+                }
+                if let Some(value) = pending_value {
+                    visit(pending_key, value)?;
+                }
+            } else {
+                let (base_key, base_value) = next_base.take().expect("matched Some");
+                visit(&base_key, &base_value)?;
+                next_base = base.next().transpose().map_err(sled_error)?;
+            }
+        }
+    }
+
+    fn get_live(&self, user_key: &[u8]) -> io::Result<Option<KeyValue>> {
+        match self.get(&live_key(user_key))? {
+            Some(stored) => Ok(Some(decode_key_value(user_key, &stored)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Visits (user key, encoded [`StoredValue`]) of every key of `range` in the current state.
+    fn scan_live(
+        &self,
+        range: &KeyRange,
+        mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let (low, high) = range.live_bounds();
+        self.scan(&low, &high, |tree_key, stored| {
+            visit(&tree_key[1..], stored)
+        })
+    }
+
+    /// Visits (user key, encoded [`StoredValue`]) of every key of `range` that existed at
+    /// `revision`: per key, the newest history entry at or below `revision`, unless a tombstone.
+    fn scan_at(
+        &self,
+        range: &KeyRange,
+        revision: i64,
+        mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let (low, high) = range.history_bounds();
+        // Entries of one key arrive together, oldest first: remember the newest one <= revision
+        // and hand it over when the next key starts.
+        let mut current_key: Option<Vec<u8>> = None;
+        let mut newest: Option<Vec<u8>> = None;
+        let mut flush = |key: &Option<Vec<u8>>, newest: &mut Option<Vec<u8>>| -> io::Result<()> {
+            if let (Some(key), Some(entry)) = (key, newest.take()) {
+                match entry.split_first() {
+                    Some((&HISTORY_PUT, stored)) => visit(key, stored)?,
+                    Some((&HISTORY_TOMBSTONE, [])) => {}
+                    _ => {
+                        return Err(invalid_data(format!(
+                            "malformed history value of key {key:?}"
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        };
+        self.scan(&low, &high, |tree_key, entry| {
+            let (user_key, mod_revision) = parse_history_key(tree_key)?;
+            if current_key.as_deref() != Some(user_key.as_slice()) {
+                flush(&current_key, &mut newest)?;
+                current_key = Some(user_key);
+            }
+            if mod_revision <= revision {
+                newest = Some(entry.to_vec());
+            }
+            Ok(())
+        })?;
+        flush(&current_key, &mut newest)
+    }
+}
+
+/// The revisions a read is judged against.
+#[derive(Clone, Copy)]
+struct ReadRevisions {
+    /// Reads above it are future reads; a read at revision <= 0 means the live state.
+    current: i64,
+    /// Whether the live entries are exactly the state at `current` (false inside a txn that has
+    /// already written: the live entries then hold the txn's in-progress state).
+    live_is_current: bool,
+    compact: i64,
+}
+
+/// etcd's Range (ETCD_WIRE.md 3.3) against `view`. Nested result: the outer one is the storage,
+/// the inner one the etcd answer.
+fn read_range(
+    view: &View<'_>,
+    op: &RangeOp,
+    revisions: ReadRevisions,
+) -> io::Result<Result<RangeResult, KvError>> {
+    if op.revision > revisions.current {
+        return Ok(Err(KvError::FutureRevision));
+    }
+    if op.revision > 0 && op.revision < revisions.compact {
+        return Ok(Err(KvError::Compacted));
+    }
+    let Some(range) = KeyRange::new(&op.key, &op.range_end) else {
+        return Ok(Ok(RangeResult::default()));
+    };
+
+    let filtered = op.min_mod_revision != 0
+        || op.max_mod_revision != 0
+        || op.min_create_revision != 0
+        || op.max_create_revision != 0;
+    // Order None with a non-key target means ascending by that target; Ascend by key is the
+    // scan order itself.
+    let sort = match (op.sort_order, op.sort_target) {
+        (SortOrder::None | SortOrder::Ascend, SortTarget::Key) => None,
+        (SortOrder::None | SortOrder::Ascend, target) => Some((target, false)),
+        (SortOrder::Descend, target) => Some((target, true)),
+    };
+    // With a sort or a filter, limit applies to the sorted, filtered list, so keep everything.
+    let keep_all = sort.is_some() || filtered;
+    let limit = usize::try_from(op.limit).ok().filter(|&limit| limit > 0);
+
+    let mut count: i64 = 0;
+    let mut kvs = Vec::new();
+    let mut visit = |key: &[u8], stored: &[u8]| -> io::Result<()> {
+        count += 1;
+        if !op.count_only && (keep_all || limit.is_none_or(|limit| kvs.len() < limit)) {
+            kvs.push(decode_key_value(key, stored)?);
+        }
+        Ok(())
+    };
+    if op.revision <= 0 || (op.revision == revisions.current && revisions.live_is_current) {
+        view.scan_live(&range, &mut visit)?;
+    } else {
+        view.scan_at(&range, op.revision, &mut visit)?;
+    }
+
+    if op.count_only {
+        return Ok(Ok(RangeResult {
+            kvs: Vec::new(),
+            more: false,
+            count,
+        }));
+    }
+    if filtered {
+        let within = |value: i64, min: i64, max: i64| {
+            (min == 0 || value >= min) && (max == 0 || value <= max)
+        };
+        kvs.retain(|kv| {
+            within(kv.mod_revision, op.min_mod_revision, op.max_mod_revision)
+                && within(
+                    kv.create_revision,
+                    op.min_create_revision,
+                    op.max_create_revision,
+                )
+        });
+    }
+    if let Some((target, descend)) = sort {
+        kvs.sort_by(|a, b| {
+            let by_target = match target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            };
+            let by_target = if descend {
+                by_target.reverse()
+            } else {
+                by_target
+            };
+            by_target.then_with(|| a.key.cmp(&b.key))
+        });
+    }
+    let more = if keep_all {
+        let cut = limit.is_some_and(|limit| kvs.len() > limit);
+        if let Some(limit) = limit {
+            kvs.truncate(limit);
+        }
+        cut
+    } else {
+        usize::try_from(count).expect("count is never negative") > kvs.len()
+    };
+    if op.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    Ok(Ok(RangeResult { kvs, more, count }))
+}
+
+/// Whether `compare` holds in the current state of `view` (ETCD_WIRE.md 3.2 and 3.5).
+fn compare_holds(view: &View<'_>, compare: &Compare) -> io::Result<bool> {
+    let Some(range) = KeyRange::new(&compare.key, &compare.range_end) else {
+        return Ok(compare_key_value(compare, None));
+    };
+    let mut any = false;
+    let mut all_hold = true;
+    view.scan_live(&range, |key, stored| {
+        any = true;
+        if all_hold {
+            all_hold = compare_key_value(compare, Some(&decode_key_value(key, stored)?));
+        }
+        Ok(())
+    })?;
+    Ok(if any {
+        all_hold
+    } else {
+        compare_key_value(compare, None)
+    })
+}
+
+/// One key against a compare; `None` is a missing key: zero revisions, and a Value compare fails.
+fn compare_key_value(compare: &Compare, kv: Option<&KeyValue>) -> bool {
+    let zero = KeyValue::default();
+    let ordering = match (&compare.target, kv) {
+        (CompareTarget::Value(_), None) => return false,
+        (CompareTarget::Value(operand), Some(kv)) => kv.value.as_slice().cmp(operand.as_slice()),
+        (CompareTarget::Version(operand), kv) => kv.unwrap_or(&zero).version.cmp(operand),
+        (CompareTarget::Create(operand), kv) => kv.unwrap_or(&zero).create_revision.cmp(operand),
+        (CompareTarget::Mod(operand), kv) => kv.unwrap_or(&zero).mod_revision.cmp(operand),
+        (CompareTarget::Lease(operand), kv) => kv.unwrap_or(&zero).lease.cmp(operand),
+    };
+    match compare.result {
+        CompareResult::Equal => ordering.is_eq(),
+        CompareResult::NotEqual => ordering.is_ne(),
+        CompareResult::Greater => ordering.is_gt(),
+        CompareResult::Less => ordering.is_lt(),
+    }
+}
+
+/// The branches a txn takes, decided before it runs: `succeeded` for this txn, then one entry per
+/// nested txn of the chosen branch, in order.
+struct TxnPath {
+    succeeded: bool,
+    nested: Vec<TxnPath>,
+}
+
+/// The state of one [`KeySpace::apply`] call: the overlay and the revisions as the commands so far
+/// left them.
+struct Apply<'a> {
+    tree: &'a sled::Tree,
+    overlay: Overlay,
+    revision: i64,
+    compact_revision: i64,
+    live_key_count: usize,
+    /// Whether the command in progress changed a key (so it takes a new revision).
+    changed: bool,
+    /// Overlay entries as they were before the command in progress first wrote each tree key
+    /// (`None`: the key was not in the overlay), so an etcd error can undo the whole command.
+    undo: BTreeMap<Vec<u8>, Option<PendingWrite>>,
+}
+
+impl Apply<'_> {
+    fn view(&self) -> View<'_> {
+        View {
+            tree: self.tree,
+            overlay: &self.overlay,
+        }
+    }
+
+    /// The revision every key changed by the command in progress gets.
+    fn write_revision(&self) -> i64 {
+        self.revision + 1
+    }
+
+    fn execute(&mut self, command: &Command) -> io::Result<CommandResponse> {
+        let revision_before = self.revision;
+        let live_key_count_before = self.live_key_count;
+        self.changed = false;
+        self.undo.clear();
+
+        let result = match command {
+            Command::Put(op) => self.put(op)?.map(|prev_kv| CommandOutput::Put { prev_kv }),
+            Command::Delete(op) => {
+                let (deleted, prev_kvs) = self.delete(op)?;
+                Ok(CommandOutput::Delete { deleted, prev_kvs })
+            }
+            Command::Txn(op) => {
+                // Every compare, nested ones too, is judged against the state before the txn.
+                let path = self.txn_path(op)?;
+                self.txn(op, &path, revision_before)?
+                    .map(CommandOutput::Txn)
+            }
+            Command::Compact { revision } => {
+                self.compact(*revision)?.map(|()| CommandOutput::Compact)
+            }
+        };
+
+        match &result {
+            Ok(_) if self.changed => {
+                self.revision = self.write_revision();
+                assert_eq!(
+                    self.revision,
+                    revision_before + 1,
+                    "a command bumps the revision by one"
+                );
+            }
+            Ok(_) => assert_eq!(self.revision, revision_before),
+            Err(_) => {
+                self.rollback();
+                self.live_key_count = live_key_count_before;
+                self.changed = false;
+                assert_eq!(
+                    self.revision, revision_before,
+                    "a failed command keeps the revision"
+                );
+            }
+        }
+        Ok(CommandResponse {
+            revision: self.revision,
+            result,
+        })
+    }
+
+    fn write(&mut self, tree_key: Vec<u8>, value: Option<Vec<u8>>) {
+        if !self.undo.contains_key(&tree_key) {
+            let before = self.overlay.get(&tree_key).cloned();
+            self.undo.insert(tree_key.clone(), before);
+        }
+        self.overlay.insert(tree_key, value);
+    }
+
+    fn rollback(&mut self) {
+        for (tree_key, before) in std::mem::take(&mut self.undo) {
+            match before {
+                Some(before) => self.overlay.insert(tree_key, before),
+                None => self.overlay.remove(&tree_key),
+            };
+        }
+    }
+
+    /// Writes `kv` as the current version and into the history.
+    fn write_version(&mut self, kv: KeyValue) -> io::Result<()> {
+        assert_eq!(
+            kv.mod_revision,
+            self.write_revision(),
+            "a written key takes the new revision"
+        );
+        assert!(
+            kv.version >= 1 && kv.create_revision <= kv.mod_revision,
+            "written version {kv:?}"
+        );
+        let live = live_key(&kv.key);
+        let history = history_key(&kv.key, kv.mod_revision);
+        let stored = encode(&StoredValue::from_key_value(kv))?;
+        let mut history_value = Vec::with_capacity(1 + stored.len());
+        history_value.push(HISTORY_PUT);
+        history_value.extend_from_slice(&stored);
+        self.write(live, Some(stored));
+        self.write(history, Some(history_value));
+        self.changed = true;
+        Ok(())
+    }
+
+    fn write_tombstone(&mut self, user_key: &[u8]) {
+        self.write(live_key(user_key), None);
+        self.write(
+            history_key(user_key, self.write_revision()),
+            Some(vec![HISTORY_TOMBSTONE]),
+        );
+        self.changed = true;
+    }
+
+    fn put(&mut self, op: &PutOp) -> io::Result<Result<Option<KeyValue>, KvError>> {
+        // No lease exists yet, so naming one can only fail.
+        if op.lease != 0 {
+            return Ok(Err(KvError::LeaseNotFound));
+        }
+        let previous = self.view().get_live(&op.key)?;
+        if (op.ignore_value || op.ignore_lease) && previous.is_none() {
+            return Ok(Err(KvError::KeyNotFound));
+        }
+        let revision = self.write_revision();
+        let kv = KeyValue {
+            key: op.key.clone(),
+            create_revision: previous.as_ref().map_or(revision, |kv| kv.create_revision),
+            mod_revision: revision,
+            version: previous.as_ref().map_or(1, |kv| kv.version + 1),
+            value: match (&previous, op.ignore_value) {
+                (Some(previous), true) => previous.value.clone(),
+                _ => op.value.clone(),
+            },
+            lease: match (&previous, op.ignore_lease) {
+                (Some(previous), true) => previous.lease,
+                _ => op.lease,
+            },
+        };
+        self.write_version(kv)?;
+        if previous.is_none() {
+            self.live_key_count += 1;
+        }
+        Ok(Ok(if op.prev_kv { previous } else { None }))
+    }
+
+    /// Returns the number of deleted keys and, if asked, their last versions.
+    fn delete(&mut self, op: &DeleteOp) -> io::Result<(i64, Vec<KeyValue>)> {
+        let Some(range) = KeyRange::new(&op.key, &op.range_end) else {
+            return Ok((0, Vec::new()));
+        };
+        let mut deleted = Vec::new();
+        self.view().scan_live(&range, |key, stored| {
+            deleted.push(decode_key_value(key, stored)?);
+            Ok(())
+        })?;
+        for kv in &deleted {
+            self.write_tombstone(&kv.key);
+        }
+        self.live_key_count = self
+            .live_key_count
+            .checked_sub(deleted.len())
+            .expect("live key count covers every deleted key");
+        let count = i64::try_from(deleted.len()).expect("deleted count fits i64");
+        Ok((count, if op.prev_kv { deleted } else { Vec::new() }))
+    }
+
+    fn txn_path(&self, op: &TxnOp) -> io::Result<TxnPath> {
+        let view = self.view();
+        let mut succeeded = true;
+        for compare in &op.compare {
+            if !compare_holds(&view, compare)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let branch = if succeeded { &op.success } else { &op.failure };
+        let mut nested = Vec::new();
+        for request in branch {
+            if let TxnRequestOp::Txn(inner) = request {
+                nested.push(self.txn_path(inner)?);
+            }
+        }
+        Ok(TxnPath { succeeded, nested })
+    }
+
+    /// Runs the branch `path` chose; `start_revision` is the revision before the top-level txn.
+    fn txn(
+        &mut self,
+        op: &TxnOp,
+        path: &TxnPath,
+        start_revision: i64,
+    ) -> io::Result<Result<TxnResult, KvError>> {
+        let branch = if path.succeeded {
+            &op.success
+        } else {
+            &op.failure
+        };
+        let mut nested = path.nested.iter();
+        let mut responses = Vec::with_capacity(branch.len());
+        for request in branch {
+            let response = match request {
+                TxnRequestOp::Range(range) => {
+                    let revisions = ReadRevisions {
+                        current: start_revision,
+                        live_is_current: !self.changed,
+                        compact: self.compact_revision,
+                    };
+                    match read_range(&self.view(), range, revisions)? {
+                        Ok(result) => TxnResponseOp::Range(result),
+                        Err(error) => return Ok(Err(error)),
+                    }
+                }
+                TxnRequestOp::Put(put) => match self.put(put)? {
+                    Ok(prev_kv) => TxnResponseOp::Put { prev_kv },
+                    Err(error) => return Ok(Err(error)),
+                },
+                TxnRequestOp::Delete(delete) => {
+                    let (deleted, prev_kvs) = self.delete(delete)?;
+                    TxnResponseOp::Delete { deleted, prev_kvs }
+                }
+                TxnRequestOp::Txn(inner) => {
+                    let inner_path = nested
+                        .next()
+                        .expect("txn_path has one entry per nested txn");
+                    match self.txn(inner, inner_path, start_revision)? {
+                        Ok(result) => TxnResponseOp::Txn(result),
+                        Err(error) => return Ok(Err(error)),
+                    }
+                }
+            };
+            responses.push(response);
+        }
+        assert!(
+            nested.next().is_none(),
+            "every nested txn of the branch ran"
+        );
+        Ok(Ok(TxnResult {
+            succeeded: path.succeeded,
+            responses,
+        }))
+    }
+
+    /// Drops history older than `revision` (ETCD_WIRE.md 3.6). Holds the keys to remove in memory:
+    /// one entry per dropped version.
+    fn compact(&mut self, revision: i64) -> io::Result<Result<(), KvError>> {
+        if revision <= self.compact_revision {
+            return Ok(Err(KvError::Compacted));
+        }
+        if revision > self.revision {
+            return Ok(Err(KvError::FutureRevision));
+        }
+        let mut dropped = Vec::new();
+        // Per key, the newest entry at or below `revision` seen so far: (tree key, is tombstone).
+        let mut newest: Option<(Vec<u8>, bool)> = None;
+        let mut current_key: Option<Vec<u8>> = None;
+        self.view().scan(
+            &[HISTORY_PREFIX],
+            &[HISTORY_PREFIX + 1],
+            |tree_key, entry| {
+                let (user_key, mod_revision) = parse_history_key(tree_key)?;
+                if current_key.as_deref() != Some(user_key.as_slice()) {
+                    // The newest version <= revision of the previous key stays, unless a tombstone.
+                    if let Some((kept, true)) = newest.take() {
+                        dropped.push(kept);
+                    }
+                    current_key = Some(user_key);
+                }
+                if mod_revision <= revision {
+                    if let Some((older, _)) = newest.take() {
+                        dropped.push(older);
+                    }
+                    newest = Some((tree_key.to_vec(), entry == [HISTORY_TOMBSTONE]));
+                }
+                Ok(())
+            },
+        )?;
+        if let Some((kept, true)) = newest.take() {
+            dropped.push(kept);
+        }
+        for tree_key in dropped {
+            self.write(tree_key, None);
+        }
+        self.compact_revision = revision;
+        Ok(Ok(()))
+    }
+}
+
+/// Revision, compact revision and live key count as found in a stored state.
+struct Loaded {
+    revision: i64,
+    compact_revision: i64,
+    live_key_count: usize,
+}
+
+impl Loaded {
+    fn new(
+        revision: Option<&[u8]>,
+        compact_revision: Option<&[u8]>,
+        live_key_count: usize,
+    ) -> io::Result<Loaded> {
+        let revision = decode_meta("revision", revision, REVISION_INITIAL)?;
+        let compact_revision = decode_meta(
+            "compact_revision",
+            compact_revision,
+            COMPACT_REVISION_INITIAL,
+        )?;
+        if revision < REVISION_INITIAL
+            || compact_revision < COMPACT_REVISION_INITIAL
+            || compact_revision > revision
+        {
+            return Err(invalid_data(format!(
+                "stored revision {revision} and compact revision {compact_revision} are inconsistent"
+            )));
+        }
+        Ok(Loaded {
+            revision,
+            compact_revision,
+            live_key_count,
+        })
+    }
+}
+
+/// The MVCC key space in one sled tree. Shared (behind an `Arc`) by the state machine, which
+/// applies, and the API's local reads.
+pub struct KeySpace {
+    tree: sled::Tree,
+    /// Readers hold it shared, `apply` and `restore` exclusively, so no read sees half a batch.
+    gate: RwLock<()>,
+    revision: AtomicI64,
+    compact_revision: AtomicI64,
+    live_key_count: AtomicUsize,
+}
+
+impl KeySpace {
+    /// Opens (or creates) the key space in `tree`: revision 1 and compact revision 0 when empty.
+    pub fn open(tree: sled::Tree) -> io::Result<KeySpace> {
+        let loaded = Loaded::new(
+            tree.get(META_REVISION_KEY).map_err(sled_error)?.as_deref(),
+            tree.get(META_COMPACT_REVISION_KEY)
+                .map_err(sled_error)?
+                .as_deref(),
+            count_live_keys(&tree)?,
+        )?;
+        Ok(KeySpace {
+            tree,
+            gate: RwLock::new(()),
+            revision: AtomicI64::new(loaded.revision),
+            compact_revision: AtomicI64::new(loaded.compact_revision),
+            live_key_count: AtomicUsize::new(loaded.live_key_count),
+        })
+    }
+
+    /// The current store revision.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision.load(Ordering::Acquire)
+    }
+
+    /// Number of keys that currently exist.
+    pub fn live_key_count(&self) -> usize {
+        self.live_key_count.load(Ordering::Acquire)
+    }
+
+    /// A consistent read at `op.revision` (<= 0: current). Returns the result and the current
+    /// store revision at the time of the read (etcd's `header.revision`).
+    ///
+    /// Panics if the tree cannot be read or decoded (see the module docs).
+    pub fn range(&self, op: &RangeOp) -> Result<(RangeResult, i64), KvError> {
+        let _gate = self.read_gate();
+        let revision = self.revision();
+        let revisions = ReadRevisions {
+            current: revision,
+            live_is_current: true,
+            compact: self.compact_revision(),
+        };
+        let overlay = Overlay::new();
+        let view = View {
+            tree: &self.tree,
+            overlay: &overlay,
+        };
+        match read_range(&view, op, revisions) {
+            Ok(result) => result.map(|result| (result, revision)),
+            Err(error) => panic!("the key space cannot be read: {error}"),
+        }
+    }
+
+    /// Executes `commands` in order, each seeing the effects of the previous ones, and writes all
+    /// their changes plus `extra` in one batch, then publishes the new revision. `None` (a blank
+    /// or membership entry) answers [`CommandResponse::no_op`]. Returns one response per command.
+    ///
+    /// `extra` holds the caller's raw entries, `(key, Some(value))` to insert or `(key, None)` to
+    /// remove, each key starting with [`EXTRA_PREFIX`]: they commit atomically with the data.
+    /// Does not flush: the caller decides when the batch must be durable.
+    pub fn apply(
+        &self,
+        commands: &[Option<&Command>],
+        extra: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> io::Result<Vec<CommandResponse>> {
+        for (key, _) in &extra {
+            assert_eq!(
+                key.first(),
+                Some(&EXTRA_PREFIX),
+                "an extra entry outside EXTRA_PREFIX"
+            );
+        }
+        let _gate = self.write_gate();
+        let revision_before = self.revision();
+        let mut apply = Apply {
+            tree: &self.tree,
+            overlay: Overlay::new(),
+            revision: revision_before,
+            compact_revision: self.compact_revision(),
+            live_key_count: self.live_key_count(),
+            changed: false,
+            undo: BTreeMap::new(),
+        };
+        let mut responses = Vec::with_capacity(commands.len());
+        for command in commands {
+            responses.push(match command {
+                Some(command) => apply.execute(command)?,
+                None => CommandResponse::no_op(apply.revision),
+            });
+        }
+        assert!(
+            apply.revision >= revision_before,
+            "the revision never goes backwards"
+        );
+        assert!(
+            apply.compact_revision <= apply.revision,
+            "compaction stays behind the revision"
+        );
+
+        let mut batch = sled::Batch::default();
+        for (key, value) in apply.overlay {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        for (key, value) in extra {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch.insert(META_REVISION_KEY, encode_meta(apply.revision));
+        batch.insert(
+            META_COMPACT_REVISION_KEY,
+            encode_meta(apply.compact_revision),
+        );
+        self.tree.apply_batch(batch).map_err(sled_error)?;
+
+        self.revision.store(apply.revision, Ordering::Release);
+        self.compact_revision
+            .store(apply.compact_revision, Ordering::Release);
+        self.live_key_count
+            .store(apply.live_key_count, Ordering::Release);
+        Ok(responses)
+    }
+
+    /// The caller's raw entry `key` (which includes [`EXTRA_PREFIX`]).
+    pub fn get_extra(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        assert_eq!(
+            key.first(),
+            Some(&EXTRA_PREFIX),
+            "an extra key outside EXTRA_PREFIX"
+        );
+        let _gate = self.read_gate();
+        Ok(self
+            .tree
+            .get(key)
+            .map_err(sled_error)?
+            .map(|value| value.to_vec()))
+    }
+
+    /// Every entry of the tree (data, history, meta and extras), read under the gate: a
+    /// consistent copy for a snapshot, accepted as is by [`KeySpace::restore`].
+    pub fn dump(&self) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let _gate = self.read_gate();
+        self.tree
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(sled_error)?;
+                Ok((key.to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Replaces the whole content of the tree by `entries` in one batch, then reloads the revision
+    /// and compact revision. `entries` are checked first: on an error nothing changes.
+    pub fn restore(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> io::Result<()> {
+        let loaded = check_entries(&entries)?;
+        let _gate = self.write_gate();
+        let mut batch = sled::Batch::default();
+        for key in self.tree.iter().keys() {
+            batch.remove(key.map_err(sled_error)?);
+        }
+        // A batch keeps the last write per key, so a restored key's insert wins over its removal.
+        for (key, value) in entries {
+            batch.insert(key, value);
+        }
+        self.tree.apply_batch(batch).map_err(sled_error)?;
+        self.revision.store(loaded.revision, Ordering::Release);
+        self.compact_revision
+            .store(loaded.compact_revision, Ordering::Release);
+        self.live_key_count
+            .store(loaded.live_key_count, Ordering::Release);
+        Ok(())
+    }
+
+    fn read_gate(&self) -> RwLockReadGuard<'_, ()> {
+        // A writer that panicked broke an invariant: readers stop too rather than serve on.
+        self.gate.read().expect("the key space gate is poisoned")
+    }
+
+    fn write_gate(&self) -> RwLockWriteGuard<'_, ()> {
+        self.gate.write().expect("the key space gate is poisoned")
+    }
+}
+
+fn count_live_keys(tree: &sled::Tree) -> io::Result<usize> {
+    let mut count = 0;
+    for key in tree.scan_prefix([LIVE_PREFIX]).keys() {
+        key.map_err(sled_error)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Checks a dump before it replaces the tree: known prefixes, well-formed keys and values, and no
+/// version newer than the stored revision.
+fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<Loaded> {
+    let mut revision = None;
+    let mut compact_revision = None;
+    let mut live_key_count = 0;
+    let mut newest_mod_revision = REVISION_INITIAL;
+    for (key, value) in entries {
+        match key.first() {
+            Some(&META_PREFIX) if key == META_REVISION_KEY => revision = Some(value.as_slice()),
+            Some(&META_PREFIX) if key == META_COMPACT_REVISION_KEY => {
+                compact_revision = Some(value.as_slice())
+            }
+            Some(&LIVE_PREFIX) => {
+                let kv = decode_key_value(&key[1..], value)?;
+                newest_mod_revision = newest_mod_revision.max(kv.mod_revision);
+                live_key_count += 1;
+            }
+            Some(&HISTORY_PREFIX) => {
+                let (_, mod_revision) = parse_history_key(key)?;
+                newest_mod_revision = newest_mod_revision.max(mod_revision);
+            }
+            Some(&EXTRA_PREFIX) => {}
+            _ => {
+                return Err(invalid_data(format!(
+                    "unknown key {key:?} in a key space dump"
+                )));
+            }
+        }
+    }
+    let loaded = Loaded::new(revision, compact_revision, live_key_count)?;
+    if newest_mod_revision > loaded.revision {
+        return Err(invalid_data(format!(
+            "a key space dump holds revision {newest_mod_revision} above its revision {}",
+            loaded.revision
+        )));
+    }
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_temporary() -> KeySpace {
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .expect("open a temporary sled db");
+        KeySpace::open(db.open_tree("keyspace").expect("open tree")).expect("open key space")
+    }
+
+    fn put_op(key: &[u8], value: &[u8]) -> PutOp {
+        PutOp {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ..PutOp::default()
+        }
+    }
+
+    fn put(key: &[u8], value: &[u8]) -> Command {
+        Command::Put(put_op(key, value))
+    }
+
+    fn delete_op(key: &[u8], range_end: &[u8]) -> DeleteOp {
+        DeleteOp {
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+            prev_kv: true,
+        }
+    }
+
+    fn delete(key: &[u8], range_end: &[u8]) -> Command {
+        Command::Delete(delete_op(key, range_end))
+    }
+
+    fn range_op(key: &[u8], range_end: &[u8]) -> RangeOp {
+        RangeOp {
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+            ..RangeOp::default()
+        }
+    }
+
+    fn compare(key: &[u8], result: CompareResult, target: CompareTarget) -> Compare {
+        Compare {
+            result,
+            target,
+            key: key.to_vec(),
+            range_end: Vec::new(),
+        }
+    }
+
+    fn run(keyspace: &KeySpace, command: Command) -> CommandResponse {
+        let mut responses = keyspace
+            .apply(&[Some(&command)], Vec::new())
+            .expect("apply");
+        assert_eq!(responses.len(), 1);
+        responses.remove(0)
+    }
+
+    fn range(keyspace: &KeySpace, op: &RangeOp) -> RangeResult {
+        keyspace.range(op).expect("range").0
+    }
+
+    fn get(keyspace: &KeySpace, key: &[u8]) -> Option<KeyValue> {
+        let mut result = range(keyspace, &range_op(key, b""));
+        assert!(result.kvs.len() <= 1);
+        result.kvs.pop()
+    }
+
+    fn keys(result: &RangeResult) -> Vec<Vec<u8>> {
+        result.kvs.iter().map(|kv| kv.key.clone()).collect()
+    }
+
+    fn txn_output(response: CommandResponse) -> TxnResult {
+        match response.result {
+            Ok(CommandOutput::Txn(result)) => result,
+            other => panic!("not a txn result: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn revision_starts_at_one_and_bumps_once_per_changing_command() {
+        let keyspace = open_temporary();
+        assert_eq!((keyspace.revision(), keyspace.compact_revision()), (1, 0));
+        assert_eq!(keyspace.range(&range_op(b"a", b"")).expect("range").1, 1);
+
+        assert_eq!(run(&keyspace, put(b"a", b"1")).revision, 2);
+        // A Put always counts, even with the same value.
+        assert_eq!(run(&keyspace, put(b"a", b"1")).revision, 3);
+        // A delete that deletes nothing keeps the revision.
+        let response = run(&keyspace, delete(b"missing", b""));
+        assert_eq!(response.revision, 3);
+        assert_eq!(
+            response.result,
+            Ok(CommandOutput::Delete {
+                deleted: 0,
+                prev_kvs: Vec::new()
+            })
+        );
+
+        // A txn takes one revision for all its writes, nested ones included.
+        let txn = Command::Txn(TxnOp {
+            compare: Vec::new(),
+            success: vec![
+                TxnRequestOp::Put(put_op(b"b", b"1")),
+                TxnRequestOp::Txn(TxnOp {
+                    success: vec![TxnRequestOp::Put(put_op(b"c", b"1"))],
+                    ..TxnOp::default()
+                }),
+            ],
+            failure: Vec::new(),
+        });
+        assert_eq!(run(&keyspace, txn).revision, 4);
+        assert_eq!(get(&keyspace, b"b").expect("b").mod_revision, 4);
+        assert_eq!(get(&keyspace, b"c").expect("c").mod_revision, 4);
+
+        // A txn whose branch only reads, or deletes nothing, keeps the revision.
+        let read_only = Command::Txn(TxnOp {
+            success: vec![
+                TxnRequestOp::Range(range_op(b"a", b"")),
+                TxnRequestOp::Delete(delete_op(b"missing", b"")),
+            ],
+            ..TxnOp::default()
+        });
+        assert_eq!(run(&keyspace, read_only).revision, 4);
+
+        // Compact never bumps; blank entries answer the current revision.
+        assert_eq!(run(&keyspace, Command::Compact { revision: 3 }).revision, 4);
+        let responses = keyspace
+            .apply(&[None, Some(&put(b"d", b"1")), None], Vec::new())
+            .expect("apply");
+        assert_eq!(
+            responses,
+            vec![
+                CommandResponse::no_op(4),
+                CommandResponse {
+                    revision: 5,
+                    result: Ok(CommandOutput::Put { prev_kv: None })
+                },
+                CommandResponse::no_op(5),
+            ]
+        );
+        assert_eq!(keyspace.revision(), 5);
+    }
+
+    #[test]
+    fn version_create_and_mod_revision_follow_put_put_delete_put() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"k", b"v1"));
+        let first = get(&keyspace, b"k").expect("k");
+        assert_eq!(
+            (first.create_revision, first.mod_revision, first.version),
+            (2, 2, 1)
+        );
+
+        let response = run(
+            &keyspace,
+            Command::Put(PutOp {
+                prev_kv: true,
+                ..put_op(b"k", b"v2")
+            }),
+        );
+        assert_eq!(
+            response.result,
+            Ok(CommandOutput::Put {
+                prev_kv: Some(first)
+            })
+        );
+        let second = get(&keyspace, b"k").expect("k");
+        assert_eq!(
+            (second.create_revision, second.mod_revision, second.version),
+            (2, 3, 2)
+        );
+        assert_eq!(second.value, b"v2");
+
+        let response = run(&keyspace, delete(b"k", b""));
+        assert_eq!(response.revision, 4);
+        assert_eq!(
+            response.result,
+            Ok(CommandOutput::Delete {
+                deleted: 1,
+                prev_kvs: vec![second]
+            })
+        );
+        assert_eq!(get(&keyspace, b"k"), None);
+        assert_eq!(keyspace.live_key_count(), 0);
+
+        run(&keyspace, put(b"k", b"v3"));
+        let third = get(&keyspace, b"k").expect("k");
+        assert_eq!(
+            (third.create_revision, third.mod_revision, third.version),
+            (5, 5, 1)
+        );
+        assert_eq!(third.lease, 0);
+        assert_eq!(keyspace.live_key_count(), 1);
+    }
+
+    #[test]
+    fn range_follows_single_prefix_from_key_all_and_empty_rules() {
+        let keyspace = open_temporary();
+        for key in [&b"a"[..], b"ab", b"abc", b"b", b"c"] {
+            run(&keyspace, put(key, b"v"));
+        }
+        let names =
+            |key: &[u8], range_end: &[u8]| keys(&range(&keyspace, &range_op(key, range_end)));
+        assert_eq!(names(b"a", b""), vec![b"a".to_vec()]);
+        assert_eq!(names(b"ab", b""), vec![b"ab".to_vec()]);
+        assert_eq!(names(b"zz", b""), Vec::<Vec<u8>>::new());
+        // Prefix "a": the client sends ["a", "b").
+        assert_eq!(
+            names(b"a", b"b"),
+            vec![b"a".to_vec(), b"ab".to_vec(), b"abc".to_vec()]
+        );
+        // From key: range_end "\0".
+        assert_eq!(names(b"b", b"\0"), vec![b"b".to_vec(), b"c".to_vec()]);
+        // Every key: "\0" / "\0".
+        assert_eq!(names(b"\0", b"\0").len(), 5);
+        // range_end <= key (and not "\0") is empty, without error.
+        assert_eq!(names(b"c", b"a"), Vec::<Vec<u8>>::new());
+        assert_eq!(names(b"b", b"b"), Vec::<Vec<u8>>::new());
+        let empty = range(&keyspace, &range_op(b"c", b"a"));
+        assert_eq!(empty, RangeResult::default());
+    }
+
+    #[test]
+    fn range_limit_sets_more_and_count_ignores_the_limit() {
+        let keyspace = open_temporary();
+        for key in [b"a", b"b", b"c", b"d"] {
+            run(&keyspace, put(key, b"v"));
+        }
+        let limited = |limit: i64| {
+            range(
+                &keyspace,
+                &RangeOp {
+                    limit,
+                    ..range_op(b"\0", b"\0")
+                },
+            )
+        };
+        let result = limited(2);
+        assert_eq!(keys(&result), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!((result.more, result.count), (true, 4));
+        let result = limited(4);
+        assert_eq!((result.kvs.len(), result.more, result.count), (4, false, 4));
+        let result = limited(10);
+        assert_eq!((result.kvs.len(), result.more, result.count), (4, false, 4));
+        for unlimited in [0, -1] {
+            let result = limited(unlimited);
+            assert_eq!((result.kvs.len(), result.more, result.count), (4, false, 4));
+        }
+    }
+
+    #[test]
+    fn range_sorts_by_every_order_and_target() {
+        let keyspace = open_temporary();
+        // Versions: a=1, b=3, c=2, d=1; create: a=2, b=3, c=4, d=5; values chosen out of key order.
+        run(&keyspace, put(b"a", b"3"));
+        run(&keyspace, put(b"b", b"1"));
+        run(&keyspace, put(b"c", b"2"));
+        run(&keyspace, put(b"d", b"0"));
+        run(&keyspace, put(b"b", b"1"));
+        run(&keyspace, put(b"c", b"2"));
+        run(&keyspace, put(b"b", b"1"));
+        let sorted = |sort_order: SortOrder, sort_target: SortTarget| {
+            let result = range(
+                &keyspace,
+                &RangeOp {
+                    sort_order,
+                    sort_target,
+                    ..range_op(b"a", b"\0")
+                },
+            );
+            assert_eq!(result.count, 4);
+            keys(&result)
+                .into_iter()
+                .map(|key| key[0] as char)
+                .collect::<String>()
+        };
+        assert_eq!(sorted(SortOrder::None, SortTarget::Key), "abcd");
+        assert_eq!(sorted(SortOrder::Ascend, SortTarget::Key), "abcd");
+        assert_eq!(sorted(SortOrder::Descend, SortTarget::Key), "dcba");
+        // Order None with another target sorts ascending by it; ties keep key order.
+        assert_eq!(sorted(SortOrder::None, SortTarget::Version), "adcb");
+        assert_eq!(sorted(SortOrder::Ascend, SortTarget::Version), "adcb");
+        assert_eq!(sorted(SortOrder::Descend, SortTarget::Version), "bcad");
+        assert_eq!(sorted(SortOrder::None, SortTarget::Create), "abcd");
+        assert_eq!(sorted(SortOrder::Descend, SortTarget::Create), "dcba");
+        // Mod revisions: a=2, d=5, c=7, b=8.
+        assert_eq!(sorted(SortOrder::Ascend, SortTarget::Mod), "adcb");
+        assert_eq!(sorted(SortOrder::Descend, SortTarget::Mod), "bcda");
+        assert_eq!(sorted(SortOrder::None, SortTarget::Value), "dbca");
+        assert_eq!(sorted(SortOrder::Descend, SortTarget::Value), "acbd");
+    }
+
+    #[test]
+    fn range_with_sort_applies_the_limit_after_sorting_the_whole_range() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"a", b"1"));
+        run(&keyspace, put(b"b", b"1"));
+        run(&keyspace, put(b"c", b"1"));
+        let result = range(
+            &keyspace,
+            &RangeOp {
+                limit: 2,
+                sort_order: SortOrder::Descend,
+                ..range_op(b"a", b"\0")
+            },
+        );
+        assert_eq!(keys(&result), vec![b"c".to_vec(), b"b".to_vec()]);
+        assert_eq!((result.more, result.count), (true, 3));
+    }
+
+    #[test]
+    fn range_keys_only_clears_values_and_count_only_returns_no_kvs() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"a", b"value-a"));
+        run(&keyspace, put(b"b", b"value-b"));
+        let result = range(
+            &keyspace,
+            &RangeOp {
+                keys_only: true,
+                ..range_op(b"a", b"c")
+            },
+        );
+        assert_eq!(keys(&result), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert!(
+            result
+                .kvs
+                .iter()
+                .all(|kv| kv.value.is_empty() && kv.version == 1)
+        );
+        let result = range(
+            &keyspace,
+            &RangeOp {
+                count_only: true,
+                limit: 1,
+                ..range_op(b"a", b"c")
+            },
+        );
+        assert_eq!(
+            result,
+            RangeResult {
+                kvs: Vec::new(),
+                more: false,
+                count: 2
+            }
+        );
+    }
+
+    #[test]
+    fn range_revision_filters_are_inclusive_and_leave_count_unaffected() {
+        let keyspace = open_temporary();
+        for key in [b"a", b"b", b"c", b"d"] {
+            run(&keyspace, put(key, b"v")); // a@2, b@3, c@4, d@5
+        }
+        run(&keyspace, put(b"a", b"v")); // a: create 2, mod 6
+        let filtered = |op: RangeOp| range(&keyspace, &op);
+        let base = range_op(b"a", b"\0");
+        let result = filtered(RangeOp {
+            min_mod_revision: 3,
+            max_mod_revision: 5,
+            ..base.clone()
+        });
+        assert_eq!(
+            keys(&result),
+            vec![b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
+        );
+        assert_eq!(result.count, 4);
+        let result = filtered(RangeOp {
+            min_create_revision: 4,
+            ..base.clone()
+        });
+        assert_eq!(keys(&result), vec![b"c".to_vec(), b"d".to_vec()]);
+        assert_eq!(result.count, 4);
+        let result = filtered(RangeOp {
+            max_create_revision: 2,
+            min_mod_revision: 6,
+            ..base.clone()
+        });
+        assert_eq!(keys(&result), vec![b"a".to_vec()]);
+        // Limit applies to the filtered list: `more` speaks of it, `count` of the whole range.
+        let result = filtered(RangeOp {
+            min_mod_revision: 4,
+            limit: 2,
+            ..base
+        });
+        assert_eq!(keys(&result), vec![b"a".to_vec(), b"c".to_vec()]);
+        assert_eq!((result.more, result.count), (true, 4));
+    }
+
+    #[test]
+    fn range_at_a_past_revision_returns_the_state_of_that_revision() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"a", b"1")); // 2
+        run(&keyspace, put(b"b", b"1")); // 3
+        run(&keyspace, put(b"a", b"2")); // 4
+        run(&keyspace, delete(b"b", b"")); // 5
+        run(&keyspace, put(b"b", b"2")); // 6
+        let at = |revision: i64| {
+            let (result, header_revision) = keyspace
+                .range(&RangeOp {
+                    revision,
+                    ..range_op(b"a", b"\0")
+                })
+                .expect("range");
+            // The header always carries the current revision.
+            assert_eq!(header_revision, 6);
+            result
+                .kvs
+                .into_iter()
+                .map(|kv| {
+                    (
+                        kv.key,
+                        kv.value,
+                        kv.create_revision,
+                        kv.mod_revision,
+                        kv.version,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let kv = |key: &[u8], value: &[u8], create: i64, modified: i64, version: i64| {
+            (key.to_vec(), value.to_vec(), create, modified, version)
+        };
+        assert_eq!(at(1), vec![]);
+        assert_eq!(at(2), vec![kv(b"a", b"1", 2, 2, 1)]);
+        assert_eq!(
+            at(3),
+            vec![kv(b"a", b"1", 2, 2, 1), kv(b"b", b"1", 3, 3, 1)]
+        );
+        assert_eq!(
+            at(4),
+            vec![kv(b"a", b"2", 2, 4, 2), kv(b"b", b"1", 3, 3, 1)]
+        );
+        assert_eq!(at(5), vec![kv(b"a", b"2", 2, 4, 2)]);
+        assert_eq!(
+            at(6),
+            vec![kv(b"a", b"2", 2, 4, 2), kv(b"b", b"2", 6, 6, 1)]
+        );
+        assert_eq!(at(0), at(6));
+        assert_eq!(
+            keyspace.range(&range_op(b"a", b"")).expect("range").0.count,
+            1
+        );
+        let result = range(
+            &keyspace,
+            &RangeOp {
+                revision: 5,
+                count_only: true,
+                ..range_op(b"a", b"\0")
+            },
+        );
+        assert_eq!(result.count, 1);
+        assert_eq!(
+            keyspace.range(&RangeOp {
+                revision: 7,
+                ..range_op(b"a", b"")
+            }),
+            Err(KvError::FutureRevision)
+        );
+    }
+
+    #[test]
+    fn compact_drops_old_history_and_keeps_the_compact_revision_readable() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"a", b"1")); // 2
+        run(&keyspace, put(b"a", b"2")); // 3
+        run(&keyspace, put(b"b", b"1")); // 4
+        run(&keyspace, delete(b"b", b"")); // 5
+        run(&keyspace, put(b"c", b"1")); // 6
+        run(&keyspace, put(b"a", b"3")); // 7
+        let history_entries = |keyspace: &KeySpace| {
+            let dump = keyspace.dump().expect("dump");
+            dump.iter()
+                .filter(|(key, _)| key[0] == HISTORY_PREFIX)
+                .count()
+        };
+        assert_eq!(history_entries(&keyspace), 6);
+
+        let response = run(&keyspace, Command::Compact { revision: 5 });
+        assert_eq!(
+            response,
+            CommandResponse {
+                revision: 7,
+                result: Ok(CommandOutput::Compact)
+            }
+        );
+        assert_eq!(keyspace.compact_revision(), 5);
+        // Left: a@3 (newest <= 5), a@7, c@6; b's put and tombstone are gone.
+        assert_eq!(history_entries(&keyspace), 3);
+
+        let at = |revision: i64| {
+            keyspace.range(&RangeOp {
+                revision,
+                ..range_op(b"\0", b"\0")
+            })
+        };
+        assert_eq!(at(4), Err(KvError::Compacted));
+        assert_eq!(at(1), Err(KvError::Compacted));
+        let at_compact = at(5).expect("the compact revision stays readable").0;
+        assert_eq!(keys(&at_compact), vec![b"a".to_vec()]);
+        assert_eq!(
+            (
+                at_compact.kvs[0].value.as_slice(),
+                at_compact.kvs[0].mod_revision
+            ),
+            (&b"2"[..], 3)
+        );
+        assert_eq!(
+            keys(&at(6).expect("range").0),
+            vec![b"a".to_vec(), b"c".to_vec()]
+        );
+        assert_eq!(at(7).expect("range").0.kvs[0].value, b"3");
+        assert_eq!(at(0).expect("range").0.count, 2);
+        assert_eq!(at(8), Err(KvError::FutureRevision));
+
+        // Compacting at or below the compact revision, or above the revision, is refused.
+        for (revision, error) in [
+            (5, KvError::Compacted),
+            (3, KvError::Compacted),
+            (8, KvError::FutureRevision),
+        ] {
+            let response = run(&keyspace, Command::Compact { revision });
+            assert_eq!(
+                response,
+                CommandResponse {
+                    revision: 7,
+                    result: Err(error)
+                }
+            );
+        }
+        assert_eq!(keyspace.compact_revision(), 5);
+        // Compacting at the current revision keeps every live key readable.
+        assert_eq!(
+            run(&keyspace, Command::Compact { revision: 7 }).result,
+            Ok(CommandOutput::Compact)
+        );
+        assert_eq!(history_entries(&keyspace), 2);
+        assert_eq!(
+            keys(&at(7).expect("range").0),
+            vec![b"a".to_vec(), b"c".to_vec()]
+        );
+    }
+
+    fn txn_compare_holds(keyspace: &KeySpace, compare: Compare) -> bool {
+        let response = run(
+            keyspace,
+            Command::Txn(TxnOp {
+                compare: vec![compare],
+                ..TxnOp::default()
+            }),
+        );
+        txn_output(response).succeeded
+    }
+
+    #[test]
+    fn txn_compares_every_target_and_treats_a_missing_key_as_zero() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"k", b"m")); // create 2
+        run(&keyspace, put(b"k", b"m")); // mod 3, version 2
+        use CompareResult::*;
+        use CompareTarget::*;
+        let cases: Vec<(CompareResult, CompareTarget, bool)> = vec![
+            (Equal, Version(2), true),
+            (Greater, Version(1), true),
+            (Less, Version(2), false),
+            (NotEqual, Version(2), false),
+            (Equal, Create(2), true),
+            (Less, Create(3), true),
+            (Equal, Mod(3), true),
+            (Greater, Mod(3), false),
+            (Equal, Value(b"m".to_vec()), true),
+            (Greater, Value(b"a".to_vec()), true),
+            (Less, Value(b"z".to_vec()), true),
+            (NotEqual, Value(b"m".to_vec()), false),
+            (Equal, Lease(0), true),
+            (Greater, Lease(0), false),
+        ];
+        for (result, target, expected) in cases {
+            let compare = compare(b"k", result, target);
+            assert_eq!(
+                txn_compare_holds(&keyspace, compare.clone()),
+                expected,
+                "{compare:?}"
+            );
+        }
+        // A missing key: revisions, version and lease are 0; any Value compare fails.
+        let missing: Vec<(CompareResult, CompareTarget, bool)> = vec![
+            (Equal, Version(0), true),
+            (Equal, Create(0), true),
+            (Less, Mod(1), true),
+            (Equal, Lease(0), true),
+            (Greater, Version(0), false),
+            (Equal, Value(Vec::new()), false),
+            (NotEqual, Value(b"x".to_vec()), false),
+        ];
+        for (result, target, expected) in missing {
+            let compare = compare(b"missing", result, target);
+            assert_eq!(
+                txn_compare_holds(&keyspace, compare.clone()),
+                expected,
+                "{compare:?}"
+            );
+        }
+        assert_eq!(
+            keyspace.revision(),
+            3,
+            "compares alone never bump the revision"
+        );
+    }
+
+    #[test]
+    fn txn_compare_with_range_end_requires_every_key_and_zero_for_an_empty_range() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"p/a", b"1"));
+        run(&keyspace, put(b"p/b", b"2"));
+        let ranged =
+            |result: CompareResult, target: CompareTarget, key: &[u8], range_end: &[u8]| Compare {
+                range_end: range_end.to_vec(),
+                ..compare(key, result, target)
+            };
+        assert!(txn_compare_holds(
+            &keyspace,
+            ranged(
+                CompareResult::Equal,
+                CompareTarget::Version(1),
+                b"p/",
+                b"p0"
+            )
+        ));
+        assert!(!txn_compare_holds(
+            &keyspace,
+            ranged(
+                CompareResult::Equal,
+                CompareTarget::Value(b"1".to_vec()),
+                b"p/",
+                b"p0"
+            )
+        ));
+        assert!(txn_compare_holds(
+            &keyspace,
+            ranged(
+                CompareResult::Greater,
+                CompareTarget::Value(b"0".to_vec()),
+                b"p/",
+                b"p0"
+            )
+        ));
+        assert!(!txn_compare_holds(
+            &keyspace,
+            ranged(CompareResult::Greater, CompareTarget::Mod(2), b"p/", b"p0")
+        ));
+        assert!(txn_compare_holds(
+            &keyspace,
+            ranged(CompareResult::Greater, CompareTarget::Mod(1), b"p/", b"\0")
+        ));
+        // An empty range compares against zero values, and a Value compare fails.
+        assert!(txn_compare_holds(
+            &keyspace,
+            ranged(CompareResult::Equal, CompareTarget::Create(0), b"q/", b"q0")
+        ));
+        assert!(!txn_compare_holds(
+            &keyspace,
+            ranged(
+                CompareResult::Equal,
+                CompareTarget::Value(Vec::new()),
+                b"q/",
+                b"q0"
+            )
+        ));
+        assert!(txn_compare_holds(
+            &keyspace,
+            ranged(CompareResult::Equal, CompareTarget::Version(0), b"q", b"p")
+        ));
+    }
+
+    #[test]
+    fn txn_runs_the_failure_branch_when_a_compare_fails() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"k", b"1"));
+        let txn = Command::Txn(TxnOp {
+            compare: vec![
+                compare(b"k", CompareResult::Equal, CompareTarget::Version(1)),
+                compare(
+                    b"k",
+                    CompareResult::Equal,
+                    CompareTarget::Value(b"other".to_vec()),
+                ),
+            ],
+            success: vec![TxnRequestOp::Put(put_op(b"success", b"1"))],
+            failure: vec![
+                TxnRequestOp::Put(put_op(b"failure", b"1")),
+                TxnRequestOp::Range(range_op(b"k", b"")),
+            ],
+        });
+        let response = run(&keyspace, txn);
+        assert_eq!(response.revision, 3);
+        let result = txn_output(response);
+        assert!(!result.succeeded);
+        assert_eq!(result.responses.len(), 2);
+        assert_eq!(result.responses[0], TxnResponseOp::Put { prev_kv: None });
+        assert!(get(&keyspace, b"failure").is_some());
+        assert!(get(&keyspace, b"success").is_none());
+    }
+
+    #[test]
+    fn txn_range_sees_earlier_writes_of_the_same_txn() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"k", b"old")); // 2
+        let txn = Command::Txn(TxnOp {
+            success: vec![
+                TxnRequestOp::Put(put_op(b"k", b"new")),
+                TxnRequestOp::Delete(delete_op(b"gone", b"")),
+                TxnRequestOp::Range(range_op(b"k", b"")),
+                // A positive revision reads that revision, before this txn's writes.
+                TxnRequestOp::Range(RangeOp {
+                    revision: 2,
+                    ..range_op(b"k", b"")
+                }),
+            ],
+            ..TxnOp::default()
+        });
+        let response = run(&keyspace, txn);
+        assert_eq!(response.revision, 3);
+        let result = txn_output(response);
+        let TxnResponseOp::Range(in_progress) = &result.responses[2] else {
+            panic!("not a range response");
+        };
+        assert_eq!(in_progress.kvs[0].value, b"new");
+        assert_eq!(
+            (in_progress.kvs[0].mod_revision, in_progress.kvs[0].version),
+            (3, 2)
+        );
+        let TxnResponseOp::Range(at_start) = &result.responses[3] else {
+            panic!("not a range response");
+        };
+        assert_eq!(at_start.kvs[0].value, b"old");
+    }
+
+    #[test]
+    fn txn_with_a_range_at_a_future_revision_fails_whole_with_nothing_changed() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"k", b"old")); // 2
+        let before = keyspace.dump().expect("dump");
+        // Revision 3 would be this txn's own revision: still future at txn start.
+        for (revision, error) in [(3, KvError::FutureRevision), (100, KvError::FutureRevision)] {
+            let txn = Command::Txn(TxnOp {
+                success: vec![
+                    TxnRequestOp::Put(put_op(b"k", b"new")),
+                    TxnRequestOp::Put(put_op(b"other", b"new")),
+                    TxnRequestOp::Delete(delete_op(b"k", b"")),
+                    TxnRequestOp::Txn(TxnOp {
+                        success: vec![TxnRequestOp::Range(RangeOp {
+                            revision,
+                            ..range_op(b"k", b"")
+                        })],
+                        ..TxnOp::default()
+                    }),
+                ],
+                ..TxnOp::default()
+            });
+            let response = run(&keyspace, txn);
+            assert_eq!(
+                response,
+                CommandResponse {
+                    revision: 2,
+                    result: Err(error)
+                }
+            );
+        }
+        assert_eq!(keyspace.dump().expect("dump"), before);
+        assert_eq!((keyspace.revision(), keyspace.live_key_count()), (2, 1));
+
+        // The same in the middle of a batch: earlier and later commands still apply.
+        run(&keyspace, put(b"x", b"1")); // 3
+        run(&keyspace, Command::Compact { revision: 3 });
+        let failing = Command::Txn(TxnOp {
+            success: vec![
+                TxnRequestOp::Put(put_op(b"k", b"new")),
+                TxnRequestOp::Range(RangeOp {
+                    revision: 2,
+                    ..range_op(b"k", b"")
+                }),
+            ],
+            ..TxnOp::default()
+        });
+        let responses = keyspace
+            .apply(
+                &[
+                    Some(&put(b"a", b"1")),
+                    Some(&failing),
+                    Some(&put(b"b", b"1")),
+                ],
+                Vec::new(),
+            )
+            .expect("apply");
+        let revisions: Vec<i64> = responses.iter().map(|response| response.revision).collect();
+        assert_eq!(revisions, vec![4, 4, 5]);
+        assert_eq!(responses[1].result, Err(KvError::Compacted));
+        assert_eq!(get(&keyspace, b"k").expect("k").value, b"old");
+        assert_eq!(get(&keyspace, b"b").expect("b").mod_revision, 5);
+        assert_eq!(keyspace.live_key_count(), 4);
+    }
+
+    #[test]
+    fn nested_txn_compares_against_the_state_at_top_level_txn_start() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"k", b"v1")); // 2
+        let txn = Command::Txn(TxnOp {
+            compare: vec![compare(
+                b"k",
+                CompareResult::Equal,
+                CompareTarget::Value(b"v1".to_vec()),
+            )],
+            success: vec![
+                TxnRequestOp::Put(put_op(b"k", b"v2")),
+                TxnRequestOp::Txn(TxnOp {
+                    // Still v1 for the compare, although the outer txn already wrote v2.
+                    compare: vec![compare(
+                        b"k",
+                        CompareResult::Equal,
+                        CompareTarget::Value(b"v1".to_vec()),
+                    )],
+                    success: vec![
+                        TxnRequestOp::Put(put_op(b"nested", b"yes")),
+                        TxnRequestOp::Range(range_op(b"k", b"")),
+                    ],
+                    failure: vec![TxnRequestOp::Put(put_op(b"nested", b"no"))],
+                }),
+            ],
+            failure: Vec::new(),
+        });
+        let response = run(&keyspace, txn);
+        assert_eq!(response.revision, 3);
+        let result = txn_output(response);
+        assert!(result.succeeded);
+        let TxnResponseOp::Txn(nested) = &result.responses[1] else {
+            panic!("not a nested txn response");
+        };
+        assert!(nested.succeeded);
+        assert_eq!(nested.responses.len(), 2);
+        let TxnResponseOp::Range(seen) = &nested.responses[1] else {
+            panic!("not a range response");
+        };
+        assert_eq!(seen.kvs[0].value, b"v2");
+        assert_eq!(get(&keyspace, b"nested").expect("nested").value, b"yes");
+        assert_eq!(get(&keyspace, b"nested").expect("nested").mod_revision, 3);
+    }
+
+    #[test]
+    fn ignore_value_and_ignore_lease_on_a_missing_key_fail_with_nothing_changed() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"present", b"kept"));
+        let before = keyspace.dump().expect("dump");
+        for op in [
+            PutOp {
+                ignore_value: true,
+                ..put_op(b"missing", b"")
+            },
+            PutOp {
+                ignore_lease: true,
+                ..put_op(b"missing", b"v")
+            },
+        ] {
+            assert_eq!(
+                run(&keyspace, Command::Put(op.clone())),
+                CommandResponse {
+                    revision: 2,
+                    result: Err(KvError::KeyNotFound)
+                }
+            );
+            // Inside a txn the error fails the whole txn, the earlier put included.
+            let txn = Command::Txn(TxnOp {
+                success: vec![
+                    TxnRequestOp::Put(put_op(b"first", b"1")),
+                    TxnRequestOp::Put(op),
+                ],
+                ..TxnOp::default()
+            });
+            assert_eq!(run(&keyspace, txn).result, Err(KvError::KeyNotFound));
+        }
+        assert_eq!(keyspace.dump().expect("dump"), before);
+
+        // A lease that does not exist (none do yet) is refused.
+        let leased = PutOp {
+            lease: 7,
+            ..put_op(b"present", b"v")
+        };
+        assert_eq!(
+            run(&keyspace, Command::Put(leased)).result,
+            Err(KvError::LeaseNotFound)
+        );
+
+        // On an existing key, ignore_value keeps the value and still makes a new version.
+        let response = run(
+            &keyspace,
+            Command::Put(PutOp {
+                ignore_value: true,
+                ..put_op(b"present", b"")
+            }),
+        );
+        assert_eq!(response.revision, 3);
+        let kv = get(&keyspace, b"present").expect("present");
+        assert_eq!(
+            (kv.value.as_slice(), kv.version, kv.mod_revision),
+            (&b"kept"[..], 2, 3)
+        );
+    }
+
+    #[test]
+    fn delete_range_removes_every_key_and_leaves_tombstones_in_history() {
+        let keyspace = open_temporary();
+        for key in [b"a", b"b", b"c"] {
+            run(&keyspace, put(key, b"v"));
+        }
+        let response = run(&keyspace, delete(b"a", b"c"));
+        assert_eq!(response.revision, 5);
+        let Ok(CommandOutput::Delete { deleted, prev_kvs }) = response.result else {
+            panic!("not a delete output");
+        };
+        assert_eq!(deleted, 2);
+        assert_eq!(
+            prev_kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        let without_prev = run(
+            &keyspace,
+            Command::Delete(DeleteOp {
+                prev_kv: false,
+                ..delete_op(b"\0", b"\0")
+            }),
+        );
+        assert_eq!(
+            without_prev.result,
+            Ok(CommandOutput::Delete {
+                deleted: 1,
+                prev_kvs: Vec::new()
+            })
+        );
+        assert_eq!(keyspace.live_key_count(), 0);
+        let at = |revision: i64| {
+            keys(&range(
+                &keyspace,
+                &RangeOp {
+                    revision,
+                    ..range_op(b"\0", b"\0")
+                },
+            ))
+        };
+        assert_eq!(at(4).len(), 3);
+        assert_eq!(at(5), vec![b"c".to_vec()]);
+        assert!(at(6).is_empty());
+    }
+
+    /// Keys whose bytes stress the history escaping: 0x00 and 0xFF at every position.
+    fn awkward_keys() -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = vec![
+            vec![0x00],
+            vec![0x00, 0x00],
+            vec![0x00, 0xFF],
+            vec![0x01],
+            b"a".to_vec(),
+            vec![b'a', 0x00],
+            vec![b'a', 0x00, 0x00],
+            vec![b'a', 0x00, 0xFF],
+            vec![b'a', 0x00, 0xFF, 0x00],
+            vec![b'a', 0x01],
+            vec![b'a', 0xFF],
+            vec![b'a', 0xFF, 0x00],
+            vec![b'a', 0xFF, 0xFF],
+            vec![0xFF],
+            vec![0xFF, 0x00],
+            vec![0xFF, 0xFF],
+        ];
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn history_key_encoding_round_trips_and_sorts_by_key_then_revision() {
+        let mut encoded = Vec::new();
+        for key in awkward_keys() {
+            for revision in [2, 3, 255, 256, 1 << 40] {
+                let tree_key = history_key(&key, revision);
+                assert_eq!(
+                    parse_history_key(&tree_key).expect("parse"),
+                    (key.clone(), revision)
+                );
+                encoded.push(tree_key);
+            }
+        }
+        // awkward_keys is sorted and revisions ascend: the encodings must already be in order.
+        let mut sorted = encoded.clone();
+        sorted.sort();
+        assert_eq!(sorted, encoded);
+        assert!(parse_history_key(&[HISTORY_PREFIX, 0x00, 0x01]).is_err());
+        assert!(parse_history_key(&[HISTORY_PREFIX, b'a', 0x00, 0x00, 1]).is_err());
+    }
+
+    #[test]
+    fn keys_with_zero_and_ff_bytes_sort_correctly_in_current_and_past_ranges() {
+        let keyspace = open_temporary();
+        let all = awkward_keys();
+        // Write in reverse order, then overwrite every other key, so history interleaves.
+        for key in all.iter().rev() {
+            run(&keyspace, put(key, b"first"));
+        }
+        let first_round = keyspace.revision();
+        for key in all.iter().step_by(2) {
+            run(&keyspace, put(key, b"second"));
+        }
+        run(&keyspace, delete(&[b'a', 0x00], &[b'a', 0x01]));
+
+        let current = range(&keyspace, &range_op(b"\0", b"\0"));
+        let expected: Vec<Vec<u8>> = all
+            .iter()
+            .filter(|key| {
+                !(key.as_slice() >= &[b'a', 0x00][..] && key.as_slice() < &[b'a', 0x01][..])
+            })
+            .cloned()
+            .collect();
+        assert_eq!(keys(&current), expected);
+
+        // At first_round every key exists with its first value, in byte order.
+        let past = range(
+            &keyspace,
+            &RangeOp {
+                revision: first_round,
+                ..range_op(b"\0", b"\0")
+            },
+        );
+        assert_eq!(keys(&past), all);
+        assert!(
+            past.kvs
+                .iter()
+                .all(|kv| kv.value == b"first" && kv.version == 1)
+        );
+        // A single key's past read never picks up a neighbour's versions.
+        for key in &all {
+            let single = range(
+                &keyspace,
+                &RangeOp {
+                    revision: first_round,
+                    ..range_op(key, b"")
+                },
+            );
+            assert_eq!(keys(&single), vec![key.clone()]);
+        }
+        // The same sub-range read now and in the past.
+        let sub = |revision: i64| {
+            keys(&range(
+                &keyspace,
+                &RangeOp {
+                    revision,
+                    ..range_op(&[b'a', 0x00], &[b'a', 0xFF])
+                },
+            ))
+        };
+        assert_eq!(sub(first_round).len(), 5);
+        assert_eq!(sub(0), vec![vec![b'a', 0x01]]);
+    }
+
+    #[test]
+    fn dump_and_restore_round_trip_gives_identical_reads() {
+        let source = open_temporary();
+        for (index, key) in awkward_keys().iter().enumerate() {
+            run(&source, put(key, &[index as u8]));
+        }
+        run(&source, delete(b"a", b"b"));
+        run(&source, put(b"a", b"again"));
+        run(&source, Command::Compact { revision: 5 });
+        source
+            .apply(
+                &[None],
+                vec![(vec![EXTRA_PREFIX, b'x'], Some(b"extra".to_vec()))],
+            )
+            .expect("apply");
+
+        let target = open_temporary();
+        run(&target, put(b"stale", b"must disappear"));
+        target
+            .apply(
+                &[None],
+                vec![(vec![EXTRA_PREFIX, b'y'], Some(b"stale".to_vec()))],
+            )
+            .expect("apply");
+        target
+            .restore(source.dump().expect("dump"))
+            .expect("restore");
+
+        assert_eq!(target.dump().expect("dump"), source.dump().expect("dump"));
+        assert_eq!(
+            (
+                target.revision(),
+                target.compact_revision(),
+                target.live_key_count()
+            ),
+            (
+                source.revision(),
+                source.compact_revision(),
+                source.live_key_count()
+            )
+        );
+        assert_eq!(target.get_extra(&[EXTRA_PREFIX, b'y']).expect("get"), None);
+        assert_eq!(
+            target.get_extra(&[EXTRA_PREFIX, b'x']).expect("get"),
+            Some(b"extra".to_vec())
+        );
+        for revision in 0..=source.revision() + 1 {
+            let op = RangeOp {
+                revision,
+                ..range_op(b"\0", b"\0")
+            };
+            assert_eq!(target.range(&op), source.range(&op), "revision {revision}");
+        }
+        // Both go on identically.
+        let command = put(b"a", b"after");
+        assert_eq!(run(&target, command.clone()), run(&source, command));
+    }
+
+    #[test]
+    fn restore_refuses_a_malformed_dump_and_changes_nothing() {
+        let keyspace = open_temporary();
+        run(&keyspace, put(b"k", b"v"));
+        let before = keyspace.dump().expect("dump");
+        let mut unknown_prefix = before.clone();
+        unknown_prefix.push((vec![0x7F, 1], vec![1]));
+        let mut ahead_of_revision = before.clone();
+        ahead_of_revision.push((history_key(b"k", 9), vec![HISTORY_TOMBSTONE]));
+        let mut bad_meta = before.clone();
+        bad_meta.push((META_COMPACT_REVISION_KEY.to_vec(), encode_meta(3)));
+        for dump in [unknown_prefix, ahead_of_revision, bad_meta] {
+            let error = keyspace.restore(dump).expect_err("a malformed dump");
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        }
+        assert_eq!(keyspace.dump().expect("dump"), before);
+        assert_eq!(keyspace.revision(), 2);
+    }
+
+    #[test]
+    fn reopening_the_tree_restores_revision_compact_revision_and_data() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("db");
+        {
+            let db = sled::Config::new().path(&path).open().expect("open db");
+            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("open");
+            run(&keyspace, put(b"a", b"1"));
+            run(&keyspace, put(b"a", b"2"));
+            run(&keyspace, put(b"b", b"1"));
+            run(&keyspace, Command::Compact { revision: 3 });
+            db.flush().expect("flush");
+        }
+        let db = sled::Config::new().path(&path).open().expect("reopen db");
+        let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("reopen");
+        assert_eq!(
+            (
+                keyspace.revision(),
+                keyspace.compact_revision(),
+                keyspace.live_key_count()
+            ),
+            (4, 3, 2)
+        );
+        assert_eq!(get(&keyspace, b"a").expect("a").value, b"2");
+        let op = RangeOp {
+            revision: 2,
+            ..range_op(b"a", b"")
+        };
+        assert_eq!(keyspace.range(&op), Err(KvError::Compacted));
+        assert_eq!(run(&keyspace, put(b"c", b"1")).revision, 5);
+    }
+
+    #[test]
+    fn extras_commit_in_the_same_batch_as_the_data() {
+        let keyspace = open_temporary();
+        let applied = vec![EXTRA_PREFIX, b'a'];
+        let membership = vec![EXTRA_PREFIX, b'm'];
+        assert_eq!(keyspace.get_extra(&applied).expect("get"), None);
+        keyspace
+            .apply(
+                &[Some(&put(b"k", b"v"))],
+                vec![
+                    (applied.clone(), Some(b"1".to_vec())),
+                    (membership.clone(), Some(b"m".to_vec())),
+                ],
+            )
+            .expect("apply");
+        assert_eq!(
+            keyspace.get_extra(&applied).expect("get"),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(
+            keyspace.get_extra(&membership).expect("get"),
+            Some(b"m".to_vec())
+        );
+        keyspace
+            .apply(
+                &[None],
+                vec![
+                    (applied.clone(), Some(b"2".to_vec())),
+                    (membership.clone(), None),
+                ],
+            )
+            .expect("apply");
+        assert_eq!(
+            keyspace.get_extra(&applied).expect("get"),
+            Some(b"2".to_vec())
+        );
+        assert_eq!(keyspace.get_extra(&membership).expect("get"), None);
+        // Extras are part of the dump, and never seen as keys.
+        assert!(
+            keyspace
+                .dump()
+                .expect("dump")
+                .iter()
+                .any(|(key, _)| *key == applied)
+        );
+        assert_eq!(range(&keyspace, &range_op(b"\0", b"\0")).count, 1);
+    }
+
+    #[test]
+    fn commands_of_one_apply_see_each_other_in_order() {
+        let keyspace = open_temporary();
+        let create_if_missing = Command::Txn(TxnOp {
+            compare: vec![compare(
+                b"k",
+                CompareResult::Equal,
+                CompareTarget::Create(0),
+            )],
+            success: vec![TxnRequestOp::Put(put_op(b"k", b"created"))],
+            failure: vec![TxnRequestOp::Put(put_op(b"k", b"existed"))],
+        });
+        let commands = [
+            put(b"k", b"1"),
+            create_if_missing,
+            delete(b"k", b""),
+            put(b"k", b"again"),
+            Command::Compact { revision: 4 },
+            Command::Compact { revision: 4 },
+        ];
+        let references: Vec<Option<&Command>> = commands.iter().map(Some).collect();
+        let responses = keyspace.apply(&references, Vec::new()).expect("apply");
+        let revisions: Vec<i64> = responses.iter().map(|response| response.revision).collect();
+        assert_eq!(revisions, vec![2, 3, 4, 5, 5, 5]);
+        assert!(!txn_output(responses[1].clone()).succeeded);
+        assert_eq!(responses[5].result, Err(KvError::Compacted));
+        let kv = get(&keyspace, b"k").expect("k");
+        assert_eq!(
+            (kv.value.as_slice(), kv.create_revision, kv.version),
+            (&b"again"[..], 5, 1)
+        );
+        assert_eq!(keyspace.compact_revision(), 4);
+        // Compacted at 4, where k was deleted: the tombstone and older versions are gone.
+        let history: Vec<_> = keyspace
+            .dump()
+            .expect("dump")
+            .into_iter()
+            .filter(|(key, _)| key[0] == HISTORY_PREFIX)
+            .map(|(key, _)| parse_history_key(&key).expect("parse"))
+            .collect();
+        assert_eq!(history, vec![(b"k".to_vec(), 5)]);
+    }
+
+    /// A tiny deterministic generator, so a failing random run is reproducible from its seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // xorshift64*
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, bound: usize) -> usize {
+            (self.next() % bound as u64) as usize
+        }
+    }
+
+    type ModelState = BTreeMap<Vec<u8>, KeyValue>;
+
+    /// ETCD_WIRE.md 3.1, written independently of [`KeyRange`].
+    fn model_in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
+        match end {
+            [] => key == start,
+            [0x00] => key >= start,
+            end => key >= start && key < end,
+        }
+    }
+
+    /// A range end for the random test: often a key, sometimes "\0" or empty (a single key).
+    fn random_end(rng: &mut Rng, keys: &[Vec<u8>]) -> Vec<u8> {
+        match rng.below(6) {
+            0 => Vec::new(),
+            1 => vec![0x00],
+            _ => keys[rng.below(keys.len())].clone(),
+        }
+    }
+
+    /// Random puts, deletes, txns and compacts checked against a model that keeps every
+    /// revision's full state: every range at every revision must agree.
+    #[test]
+    fn random_commands_agree_with_a_model_of_every_revision() {
+        for seed in [1_u64, 7, 42, 2024, 0xDEAD_BEEF] {
+            let mut rng = Rng(seed);
+            let keyspace = open_temporary();
+            let all_keys = awkward_keys();
+            // states[r] is the state at revision r (index 0 unused).
+            let mut states: Vec<ModelState> = vec![ModelState::new(), ModelState::new()];
+            let mut compact_revision = 0;
+            for step in 0..200 {
+                let current = states.last().expect("a state").clone();
+                let revision = states.len() as i64 - 1;
+                let mut next = current.clone();
+                let model_put = |next: &mut ModelState, key: &[u8], value: &[u8]| {
+                    let previous = next.get(key);
+                    let kv = KeyValue {
+                        key: key.to_vec(),
+                        create_revision: previous.map_or(revision + 1, |kv| kv.create_revision),
+                        mod_revision: revision + 1,
+                        version: previous.map_or(1, |kv| kv.version + 1),
+                        value: value.to_vec(),
+                        lease: 0,
+                    };
+                    next.insert(key.to_vec(), kv);
+                };
+                let command = match rng.below(10) {
+                    0..=4 => {
+                        let key = all_keys[rng.below(all_keys.len())].clone();
+                        let value = format!("{seed}-{step}").into_bytes();
+                        model_put(&mut next, &key, &value);
+                        put(&key, &value)
+                    }
+                    5 | 6 => {
+                        let start = all_keys[rng.below(all_keys.len())].clone();
+                        let end = random_end(&mut rng, &all_keys);
+                        next.retain(|key, _| !model_in_range(key, &start, &end));
+                        delete(&start, &end)
+                    }
+                    7 | 8 => {
+                        let first = all_keys[rng.below(all_keys.len())].clone();
+                        let second = all_keys[rng.below(all_keys.len())].clone();
+                        let value = format!("txn-{step}").into_bytes();
+                        next.remove(&second);
+                        model_put(&mut next, &first, &value);
+                        Command::Txn(TxnOp {
+                            success: vec![
+                                TxnRequestOp::Delete(delete_op(&second, b"")),
+                                TxnRequestOp::Put(put_op(&first, &value)),
+                            ],
+                            ..TxnOp::default()
+                        })
+                    }
+                    _ => {
+                        let target = 1 + rng.below(revision as usize + 1) as i64;
+                        let expected = if target <= compact_revision {
+                            Err(KvError::Compacted)
+                        } else if target > revision {
+                            Err(KvError::FutureRevision)
+                        } else {
+                            compact_revision = target;
+                            Ok(CommandOutput::Compact)
+                        };
+                        let response = run(&keyspace, Command::Compact { revision: target });
+                        assert_eq!(response.result, expected, "seed {seed} step {step}");
+                        continue;
+                    }
+                };
+                let response = run(&keyspace, command);
+                if next != current {
+                    states.push(next);
+                }
+                assert_eq!(
+                    response.revision,
+                    states.len() as i64 - 1,
+                    "seed {seed} step {step}"
+                );
+
+                let revision = states.len() as i64 - 1;
+                for _ in 0..3 {
+                    let read_revision = rng.below(revision as usize + 2) as i64;
+                    let start = all_keys[rng.below(all_keys.len())].clone();
+                    let end = random_end(&mut rng, &all_keys);
+                    let op = RangeOp {
+                        revision: read_revision,
+                        ..range_op(&start, &end)
+                    };
+                    let expected = if read_revision > revision {
+                        Err(KvError::FutureRevision)
+                    } else if read_revision > 0 && read_revision < compact_revision {
+                        Err(KvError::Compacted)
+                    } else {
+                        let state = &states[if read_revision == 0 {
+                            revision
+                        } else {
+                            read_revision
+                        } as usize];
+                        let kvs: Vec<KeyValue> = state
+                            .values()
+                            .filter(|kv| model_in_range(&kv.key, &start, &end))
+                            .cloned()
+                            .collect();
+                        let count = kvs.len() as i64;
+                        Ok((
+                            RangeResult {
+                                kvs,
+                                more: false,
+                                count,
+                            },
+                            revision,
+                        ))
+                    };
+                    assert_eq!(
+                        keyspace.range(&op),
+                        expected,
+                        "seed {seed} step {step} read {op:?}"
+                    );
+                }
+                assert_eq!(
+                    keyspace.live_key_count(),
+                    states.last().expect("a state").len()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The Raft state machine: applies committed entries to the MVCC key space and makes snapshots.
+//!
+//! ```text
+//! committed entries --apply--> KeySpace::apply (data + last_applied + membership, one batch)
+//!                                   |
+//! try_create_snapshot_builder: KeySpace::dump (consistent: runs in the state machine task,
+//!                                   |          so no apply interleaves)
+//! build_snapshot (concurrent with apply): encode, flush the db, write snapshots/current.snap
+//! install_snapshot: KeySpace::restore (one batch), then keep the file as the current snapshot
+//! ```
+//!
+//! Must never: answer a client before its entry is applied; report a snapshot whose state is not
+//! durable in the key space (the log before it is purged once it is reported).
+
+use std::io;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::Stream;
+use futures::TryStreamExt;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::alias::LogIdOf;
+use openraft::alias::SnapshotMetaOf;
+use openraft::alias::SnapshotOf;
+use openraft::alias::StoredMembershipOf;
+use openraft::entry::RaftEntry;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use serde::Deserialize;
+use serde::Serialize;
+
+use super::codec::sled_error;
+use super::mvcc::EXTRA_PREFIX;
+use super::mvcc::KeySpace;
+use crate::codec::decode;
+use crate::codec::encode;
+use crate::types::Command;
+use crate::types::TypeConfig;
+
+const SNAPSHOT_FILE: &str = "current.snap";
+
+fn extra_key(name: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 1);
+    key.push(EXTRA_PREFIX);
+    key.extend_from_slice(name);
+    key
+}
+
+fn applied_key() -> Vec<u8> {
+    extra_key(b"last_applied")
+}
+
+fn membership_key() -> Vec<u8> {
+    extra_key(b"last_membership")
+}
+
+/// A snapshot on disk: its meta and the key-space dump it was built from.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMetaOf<TypeConfig>,
+    data: Vec<u8>,
+}
+
+/// The state machine handed to openraft. Reads by the API go through [`super::KvReader`], which
+/// shares the same key space.
+pub struct StateMachine {
+    db: sled::Db,
+    keyspace: Arc<KeySpace>,
+    snapshot_dir: PathBuf,
+}
+
+impl StateMachine {
+    pub(crate) fn open(
+        db: sled::Db,
+        keyspace: Arc<KeySpace>,
+        snapshot_dir: PathBuf,
+    ) -> io::Result<Self> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        Ok(StateMachine {
+            db,
+            keyspace,
+            snapshot_dir,
+        })
+    }
+
+    fn read_applied_state(
+        &self,
+    ) -> io::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)> {
+        let applied = match self.keyspace.get_extra(&applied_key())? {
+            Some(bytes) => Some(decode(&bytes)?),
+            None => None,
+        };
+        let membership = match self.keyspace.get_extra(&membership_key())? {
+            Some(bytes) => decode(&bytes)?,
+            None => StoredMembershipOf::<TypeConfig>::default(),
+        };
+        Ok((applied, membership))
+    }
+}
+
+/// Takes the key-space copy when created (inside the state machine task) and does the slow part,
+/// encoding and writing the file, in `build_snapshot`, concurrently with apply.
+pub struct SnapshotBuilder {
+    db: sled::Db,
+    snapshot_dir: PathBuf,
+    meta: SnapshotMetaOf<TypeConfig>,
+    dump: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Vec<u8>>> {
+        let data = encode(&std::mem::take(&mut self.dump))?;
+        // The key space must hold at least this state durably before openraft purges the log
+        // behind the snapshot; the flush covers every tree of the db.
+        self.db.flush_async().await.map_err(sled_error)?;
+        let file = SnapshotFile {
+            meta: self.meta.clone(),
+            data,
+        };
+        let dir = self.snapshot_dir.clone();
+        let file =
+            tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file).map(|()| file))
+                .await
+                .map_err(io::Error::other)??;
+        tracing::info!(last_log_id = ?file.meta.last_log_id, bytes = file.data.len(), "built snapshot");
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta: file.meta,
+            snapshot: file.data,
+        })
+    }
+}
+
+/// Writes the snapshot file atomically: a temporary file, fsync, rename, fsync of the folder.
+fn write_snapshot_file(dir: &Path, file: &SnapshotFile) -> io::Result<()> {
+    let bytes = encode(file)?;
+    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    {
+        let mut out = std::fs::File::create(&temporary)?;
+        out.write_all(&bytes)?;
+        out.sync_all()?;
+    }
+    std::fs::rename(&temporary, dir.join(SNAPSHOT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn read_snapshot_file(dir: &Path) -> io::Result<Option<SnapshotFile>> {
+    match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+        Ok(bytes) => Ok(Some(decode(&bytes)?)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> io::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)> {
+        self.read_applied_state()
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        let mut batch: Vec<EntryResponder<TypeConfig>> = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            batch.push(item);
+        }
+        let Some((last, _)) = batch.last() else {
+            return Ok(());
+        };
+        let last_applied = last.log_id();
+        if let Some(previous) = self.read_applied_state()?.0 {
+            assert!(last_applied > previous, "last_applied would go backwards");
+        }
+
+        let mut membership = None;
+        let commands: Vec<Option<&Command>> = batch
+            .iter()
+            .map(|(entry, _)| match &entry.payload {
+                EntryPayload::Normal(command) => Some(command),
+                EntryPayload::Blank => None,
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembershipOf::<TypeConfig>::new(
+                        Some(entry.log_id()),
+                        m.clone(),
+                    ));
+                    None
+                }
+            })
+            .collect();
+
+        let mut extra = vec![(applied_key(), Some(encode(&last_applied)?))];
+        if let Some(membership) = membership {
+            extra.push((membership_key(), Some(encode(&membership)?)));
+        }
+        let responses = self.keyspace.apply(&commands, extra)?;
+        assert_eq!(
+            responses.len(),
+            batch.len(),
+            "one response per applied entry"
+        );
+
+        for ((_, responder), response) in batch.into_iter().zip(responses) {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<SnapshotBuilder> {
+        Some(self.get_snapshot_builder().await)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // Runs in the state machine task, between applies: the dump and the applied state are
+        // taken at the same point of the log.
+        let (last_log_id, last_membership) = self
+            .read_applied_state()
+            .expect("read applied state for a snapshot");
+        let dump = self
+            .keyspace
+            .dump()
+            .expect("copy the key space for a snapshot");
+        SnapshotBuilder {
+            db: self.db.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            meta: SnapshotMetaOf::<TypeConfig> {
+                last_log_id,
+                last_membership,
+            },
+            dump,
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Vec<u8>,
+    ) -> io::Result<()> {
+        let dump: Vec<(Vec<u8>, Vec<u8>)> = decode(&snapshot)?;
+        // The meta is authoritative for what the snapshot covers; the dump's own copies of the
+        // applied state are replaced so the two can never disagree.
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = dump
+            .into_iter()
+            .filter(|(key, _)| key.first() != Some(&EXTRA_PREFIX))
+            .collect();
+        if let Some(log_id) = &meta.last_log_id {
+            entries.push((applied_key(), encode(log_id)?));
+        }
+        entries.push((membership_key(), encode(&meta.last_membership)?));
+        self.keyspace.restore(entries)?;
+        self.db.flush_async().await.map_err(sled_error)?;
+
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: snapshot,
+        };
+        let dir = self.snapshot_dir.clone();
+        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file))
+            .await
+            .map_err(io::Error::other)??;
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>> {
+        let dir = self.snapshot_dir.clone();
+        let file = tokio::task::spawn_blocking(move || read_snapshot_file(&dir))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(file.map(|file| SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta: file.meta,
+            snapshot: file.data,
+        }))
+    }
+}
