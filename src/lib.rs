@@ -13,8 +13,12 @@
 //! - [`node`]: wiring: open store, start Raft, serve, shut down cleanly.
 //! - [`pb`]: generated protobuf code (etcd v3 client API and our peer service).
 
+pub mod api;
 pub mod codec;
+pub mod config;
 pub mod limits;
+pub mod network;
+pub mod node;
 pub mod pb;
 pub mod store;
 pub mod types;

@@ -1,0 +1,234 @@
+//! How client requests reach consensus: writes go to the leader (forwarded by a follower), and
+//! linearizable reads pass a read-index barrier before reading locally, on any member.
+//!
+//! ```text
+//! write:  leader?  yes -> raft.client_write
+//!                  no  -> Peer.ForwardWrite on the leader (which runs client_write)
+//! read:   leader?  yes -> raft.ensure_linearizable(ReadIndex)
+//!                  no  -> Peer.ReadIndex on the leader -> wait until applied >= read log id
+//!         then read the local state machine
+//! ```
+//!
+//! Retries stay inside one deadline and only where nothing can have been applied: a proposal
+//! refused with "forward to leader", a peer that could not be reached at all. A write whose
+//! outcome is unknown is never re-sent; the client gets `leader changed` or `request timed out`.
+
+use std::time::Duration;
+
+use openraft::ReadPolicy;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::ClientWriteError;
+use openraft::errors::LinearizableReadError;
+use openraft::errors::RaftError;
+use openraft::raft::linearizable_read::Linearizer;
+use tokio::time::Instant;
+
+use crate::api::error::ApiError;
+use crate::codec::decode;
+use crate::codec::encode;
+use crate::limits::LEADER_WAIT_MS_MAX;
+use crate::limits::READ_INDEX_APPLY_WAIT_MS_MAX;
+use crate::limits::REQUEST_TIMEOUT_MS;
+use crate::network::ForwardWriteError;
+use crate::network::ForwardWriteReply;
+use crate::network::Peers;
+use crate::network::ReadIndexError;
+use crate::network::ReadIndexReply;
+use crate::pb::peer::RaftMessage;
+use crate::pb::peer::ReadIndexRequest;
+use crate::types::Command;
+use crate::types::CommandResponse;
+use crate::types::Member;
+use crate::types::NodeId;
+use crate::types::Raft;
+
+/// Pause between attempts when a retry is known to be safe (leader moving, peer unreachable).
+const RETRY_PAUSE_MS: u64 = 50;
+
+#[derive(Clone)]
+pub struct Consensus {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft,
+    peers: Peers,
+}
+
+/// A peer call failed in a way that proves the request was never delivered.
+fn never_delivered(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && (status.message().contains("tcp connect error")
+            || status.message().contains("cut by fault injection")
+            || status.message().contains("Connection refused"))
+}
+
+impl Consensus {
+    pub fn new(id: NodeId, raft: Raft, peers: Peers) -> Self {
+        Consensus { id, raft, peers }
+    }
+
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// The leader as this node sees it, if it has one and knows its address.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = metrics.current_leader?;
+        let member = metrics.membership_config.get_node(&leader)?.clone();
+        Some((leader, member))
+    }
+
+    /// Waits (bounded by [`LEADER_WAIT_MS_MAX`] and the deadline) until a leader is known.
+    async fn wait_for_leader(&self, deadline: Instant) -> Result<(NodeId, Member), ApiError> {
+        let wait_until = deadline.min(Instant::now() + Duration::from_millis(LEADER_WAIT_MS_MAX));
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(leader) = self.leader() {
+                return Ok(leader);
+            }
+            if metrics.borrow_watched().running_state.is_err() {
+                return Err(ApiError::Stopped);
+            }
+            match tokio::time::timeout_at(wait_until, metrics.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(ApiError::Stopped),
+                Err(_) => return Err(ApiError::NoLeader),
+            }
+        }
+    }
+
+    async fn pause(deadline: Instant) -> Result<(), ApiError> {
+        let next = Instant::now() + Duration::from_millis(RETRY_PAUSE_MS);
+        if next >= deadline {
+            return Err(ApiError::Timeout);
+        }
+        tokio::time::sleep_until(next).await;
+        Ok(())
+    }
+
+    /// Proposes `command` and returns its applied result.
+    pub async fn write(&self, command: Command) -> Result<CommandResponse, ApiError> {
+        let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
+        loop {
+            let (leader, member) = self.wait_for_leader(deadline).await?;
+            if leader == self.id {
+                let outcome =
+                    tokio::time::timeout_at(deadline, self.raft.client_write(command.clone()))
+                        .await;
+                match outcome {
+                    Ok(Ok(response)) => return Ok(response.data),
+                    // Refused before it was appended: nothing happened, try the new leader.
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                        Self::pause(deadline).await?;
+                    }
+                    Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                        return Err(ApiError::LeaderChanged);
+                    }
+                    Ok(Err(RaftError::APIError(e))) => {
+                        return Err(ApiError::Internal(e.to_string()));
+                    }
+                    Ok(Err(RaftError::Fatal(_))) => return Err(ApiError::Stopped),
+                    Err(_) => return Err(ApiError::Timeout),
+                }
+                continue;
+            }
+
+            let mut client = match self.peers.client(leader, &member.peer_url) {
+                Ok(client) => client,
+                Err(_) => {
+                    Self::pause(deadline).await?;
+                    continue;
+                }
+            };
+            let payload = encode(&command).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            let request = self.peers.request(RaftMessage { payload }, timeout);
+            match client.forward_write(request).await {
+                Ok(response) => {
+                    let reply: ForwardWriteReply = decode(&response.into_inner().payload)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    match reply {
+                        Ok(response) => return Ok(response),
+                        Err(ForwardWriteError::NotLeader { .. }) => Self::pause(deadline).await?,
+                        Err(ForwardWriteError::Unknown(reason)) => {
+                            tracing::warn!(%reason, "forwarded write has an unknown outcome");
+                            return Err(ApiError::LeaderChanged);
+                        }
+                    }
+                }
+                Err(status) if never_delivered(&status) => Self::pause(deadline).await?,
+                Err(status) => {
+                    tracing::warn!(%status, "forwarded write failed in flight; outcome unknown");
+                    return Err(ApiError::Timeout);
+                }
+            }
+        }
+    }
+
+    /// Returns once this node's state machine reflects every write acknowledged before the call:
+    /// after it, a local read is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+        let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
+        loop {
+            let (leader, member) = self.wait_for_leader(deadline).await?;
+            if leader == self.id {
+                let outcome = tokio::time::timeout_at(
+                    deadline,
+                    self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+                )
+                .await;
+                match outcome {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
+                        Self::pause(deadline).await?
+                    }
+                    Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
+                        Self::pause(deadline).await?
+                    }
+                    Ok(Err(RaftError::Fatal(_))) => return Err(ApiError::Stopped),
+                    Err(_) => return Err(ApiError::Timeout),
+                }
+                continue;
+            }
+
+            let Ok(mut client) = self.peers.client(leader, &member.peer_url) else {
+                Self::pause(deadline).await?;
+                continue;
+            };
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            let request = self.peers.request(
+                ReadIndexRequest {
+                    from_node_id: self.id,
+                },
+                timeout,
+            );
+            let read_log_id = match client.read_index(request).await {
+                Ok(response) => {
+                    let reply: ReadIndexReply = decode(&response.into_inner().payload)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    match reply {
+                        Ok(read_log_id) => read_log_id,
+                        Err(ReadIndexError::NotLeader { .. } | ReadIndexError::NoQuorum(_)) => {
+                            Self::pause(deadline).await?;
+                            continue;
+                        }
+                    }
+                }
+                // Reads are idempotent: any failure to get a read index may be retried.
+                Err(_) => {
+                    Self::pause(deadline).await?;
+                    continue;
+                }
+            };
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(READ_INDEX_APPLY_WAIT_MS_MAX));
+            let linearizer = Linearizer::new(leader, read_log_id, None);
+            return match linearizer.try_await_ready(&self.raft, Some(wait)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(ApiError::TimeoutWaitAppliedIndex),
+                Err(_) => Err(ApiError::Stopped),
+            };
+        }
+    }
+}

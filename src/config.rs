@@ -1,0 +1,446 @@
+//! Node configuration: flags (named like etcd's), `QUORUMDB_*` environment variables and an
+//! optional TOML file, merged in that order of precedence and validated once at start-up.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::limits;
+use crate::types::Member;
+use crate::types::NodeId;
+
+/// `quorumdb server` flags. Every flag can also come from `QUORUMDB_<FLAG>` (e.g.
+/// `QUORUMDB_INITIAL_CLUSTER`) or from the `--config-file` (same names, snake_case).
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerArgs {
+    /// Human-readable name of this member; must appear in --initial-cluster.
+    #[arg(long, env = "QUORUMDB_NAME")]
+    pub name: Option<String>,
+    /// Directory for the database and snapshots (default: `<name>.quorumdb`).
+    #[arg(long, env = "QUORUMDB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to serve clients on (default: http://127.0.0.1:2379).
+    #[arg(long, env = "QUORUMDB_LISTEN_CLIENT_URLS")]
+    pub listen_client_urls: Option<String>,
+    /// Client URLs announced to the cluster (default: the listen client URLs).
+    #[arg(long, env = "QUORUMDB_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: Option<String>,
+    /// URL to serve the Raft peer service on (default: http://127.0.0.1:2380).
+    #[arg(long, env = "QUORUMDB_LISTEN_PEER_URLS")]
+    pub listen_peer_urls: Option<String>,
+    /// Peer URL announced to the cluster (default: the listen peer URL).
+    #[arg(long, env = "QUORUMDB_INITIAL_ADVERTISE_PEER_URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Initial members: `n1=http://127.0.0.1:2380,n2=...`, or with explicit ids
+    /// `n1=1@http://127.0.0.1:2380,...`. Ids are otherwise derived from the names.
+    #[arg(long, env = "QUORUMDB_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// `new` bootstraps a cluster from --initial-cluster; `existing` joins one.
+    #[arg(long, env = "QUORUMDB_INITIAL_CLUSTER_STATE")]
+    pub initial_cluster_state: Option<String>,
+    /// Token that makes the cluster id unique among clusters with the same members.
+    #[arg(long, env = "QUORUMDB_INITIAL_CLUSTER_TOKEN")]
+    pub initial_cluster_token: Option<String>,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "QUORUMDB_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<u64>,
+    /// Raft election timeout in milliseconds (elections start between it and twice it).
+    #[arg(long, env = "QUORUMDB_ELECTION_TIMEOUT")]
+    pub election_timeout: Option<u64>,
+    /// Largest client request in bytes (etcd's --max-request-bytes).
+    #[arg(long, env = "QUORUMDB_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Largest number of operations in one list of a transaction (etcd's --max-txn-ops).
+    #[arg(long, env = "QUORUMDB_MAX_TXN_OPS")]
+    pub max_txn_ops: Option<usize>,
+    /// Lets tests cut this node's peer links through the peer service. Never in production.
+    #[arg(long, env = "QUORUMDB_ENABLE_FAULT_INJECTION")]
+    pub enable_fault_injection: Option<bool>,
+    /// Read settings from this TOML file; flags and environment override it.
+    #[arg(long, env = "QUORUMDB_CONFIG_FILE")]
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+}
+
+/// Whether this start bootstraps a new cluster or joins an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// A validated configuration: every field is set and consistent.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_url: String,
+    pub listen_peer_url: String,
+    pub advertise_peer_url: String,
+    /// The initial members by id.
+    pub initial_cluster: BTreeMap<NodeId, Member>,
+    pub cluster_state: ClusterState,
+    pub cluster_id: u64,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub enable_fault_injection: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+/// FNV-1a, 64 bits: a stable hash (unlike std's), so every member derives the same ids.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The id of a member named `name`: never 0 (etcd treats 0 as "none").
+pub fn derive_node_id(name: &str) -> NodeId {
+    stable_hash(name.as_bytes()).max(1)
+}
+
+fn check_url(flag: &str, url: &str) -> Result<String, ConfigError> {
+    let url = url.trim();
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        invalid(format!(
+            "--{flag}: {url:?} must start with http:// (TLS is not supported yet)"
+        ))
+    })?;
+    let authority = rest.trim_end_matches('/');
+    let (host, port) = authority.rsplit_once(':').ok_or_else(|| {
+        invalid(format!(
+            "--{flag}: {url:?} must name a port, e.g. http://127.0.0.1:2379"
+        ))
+    })?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(invalid(format!(
+            "--{flag}: {url:?} must be http://HOST:PORT"
+        )));
+    }
+    Ok(format!("http://{authority}"))
+}
+
+fn split_urls(flag: &str, list: &str) -> Result<Vec<String>, ConfigError> {
+    let urls: Vec<String> = list
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|url| check_url(flag, url))
+        .collect::<Result<_, _>>()?;
+    if urls.is_empty() {
+        return Err(invalid(format!("--{flag} is empty")));
+    }
+    Ok(urls)
+}
+
+/// Parses `name=url` or `name=id@url` entries.
+pub fn parse_initial_cluster(list: &str) -> Result<BTreeMap<NodeId, Member>, ConfigError> {
+    let mut members = BTreeMap::new();
+    for entry in list.split(',').filter(|s| !s.trim().is_empty()) {
+        let (name, target) = entry.trim().split_once('=').ok_or_else(|| {
+            invalid(format!(
+                "--initial-cluster entry {entry:?} must be NAME=URL or NAME=ID@URL"
+            ))
+        })?;
+        if name.is_empty() {
+            return Err(invalid(format!(
+                "--initial-cluster entry {entry:?} has an empty name"
+            )));
+        }
+        let (id, url) = match target.split_once('@') {
+            Some((id, url)) => {
+                let id = id
+                    .parse::<NodeId>()
+                    .ok()
+                    .filter(|id| *id != 0)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "--initial-cluster entry {entry:?}: id must be a non-zero integer"
+                        ))
+                    })?;
+                (id, url)
+            }
+            None => (derive_node_id(name), target),
+        };
+        let member = Member {
+            name: name.to_string(),
+            peer_url: check_url("initial-cluster", url)?,
+            client_url: String::new(),
+        };
+        if members.values().any(|m: &Member| m.name == member.name) {
+            return Err(invalid(format!("--initial-cluster names {name:?} twice")));
+        }
+        if members.insert(id, member).is_some() {
+            return Err(invalid(format!(
+                "--initial-cluster: two members share the id {id}"
+            )));
+        }
+    }
+    if members.is_empty() {
+        return Err(invalid("--initial-cluster lists no members"));
+    }
+    Ok(members)
+}
+
+impl ServerArgs {
+    /// Fills what flags and environment left unset from the TOML file.
+    fn merged(self) -> Result<ServerArgs, ConfigError> {
+        let Some(path) = self.config_file.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let file: ServerArgs = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(ServerArgs {
+            name: self.name.or(file.name),
+            data_dir: self.data_dir.or(file.data_dir),
+            listen_client_urls: self.listen_client_urls.or(file.listen_client_urls),
+            advertise_client_urls: self.advertise_client_urls.or(file.advertise_client_urls),
+            listen_peer_urls: self.listen_peer_urls.or(file.listen_peer_urls),
+            initial_advertise_peer_urls: self
+                .initial_advertise_peer_urls
+                .or(file.initial_advertise_peer_urls),
+            initial_cluster: self.initial_cluster.or(file.initial_cluster),
+            initial_cluster_state: self.initial_cluster_state.or(file.initial_cluster_state),
+            initial_cluster_token: self.initial_cluster_token.or(file.initial_cluster_token),
+            heartbeat_interval: self.heartbeat_interval.or(file.heartbeat_interval),
+            election_timeout: self.election_timeout.or(file.election_timeout),
+            max_request_bytes: self.max_request_bytes.or(file.max_request_bytes),
+            max_txn_ops: self.max_txn_ops.or(file.max_txn_ops),
+            enable_fault_injection: self.enable_fault_injection.or(file.enable_fault_injection),
+            config_file: Some(path),
+        })
+    }
+
+    /// Merges the sources and validates everything, with a message naming the offending flag.
+    pub fn into_config(self) -> Result<NodeConfig, ConfigError> {
+        let args = self.merged()?;
+        let name = args.name.ok_or_else(|| invalid("--name is required"))?;
+        let data_dir = args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("{name}.quorumdb")));
+        let listen_client_urls = split_urls(
+            "listen-client-urls",
+            args.listen_client_urls
+                .as_deref()
+                .unwrap_or("http://127.0.0.1:2379"),
+        )?;
+        let advertise_client_url = match &args.advertise_client_urls {
+            Some(list) => split_urls("advertise-client-urls", list)?.remove(0),
+            None => listen_client_urls[0].clone(),
+        };
+        let mut listen_peer_urls = split_urls(
+            "listen-peer-urls",
+            args.listen_peer_urls
+                .as_deref()
+                .unwrap_or("http://127.0.0.1:2380"),
+        )?;
+        if listen_peer_urls.len() != 1 {
+            return Err(invalid("--listen-peer-urls takes exactly one URL"));
+        }
+        let listen_peer_url = listen_peer_urls.remove(0);
+        let advertise_peer_url = match &args.initial_advertise_peer_urls {
+            Some(list) => split_urls("initial-advertise-peer-urls", list)?.remove(0),
+            None => listen_peer_url.clone(),
+        };
+        let initial_cluster_text = args
+            .initial_cluster
+            .unwrap_or_else(|| format!("{name}={advertise_peer_url}"));
+        let initial_cluster = parse_initial_cluster(&initial_cluster_text)?;
+        let (id, this_member) = initial_cluster
+            .iter()
+            .find(|(_, m)| m.name == name)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "--name {name:?} is not listed in --initial-cluster {initial_cluster_text:?}"
+                ))
+            })?;
+        if this_member.peer_url != advertise_peer_url {
+            return Err(invalid(format!(
+                "--initial-cluster gives {name:?} the peer URL {} but this node advertises {advertise_peer_url}",
+                this_member.peer_url
+            )));
+        }
+        let cluster_state = match args.initial_cluster_state.as_deref().unwrap_or("new") {
+            "new" => ClusterState::New,
+            "existing" => ClusterState::Existing,
+            other => {
+                return Err(invalid(format!(
+                    "--initial-cluster-state must be new or existing, not {other:?}"
+                )));
+            }
+        };
+        let token = args
+            .initial_cluster_token
+            .unwrap_or_else(|| "quorumdb-cluster".to_string());
+        let mut identity: Vec<String> = initial_cluster
+            .iter()
+            .map(|(id, m)| format!("{id}={}", m.peer_url))
+            .collect();
+        identity.push(token);
+        let cluster_id = stable_hash(identity.join(",").as_bytes()).max(1);
+
+        let heartbeat_interval_ms = args
+            .heartbeat_interval
+            .unwrap_or(limits::HEARTBEAT_INTERVAL_MS);
+        let election_timeout_ms = args
+            .election_timeout
+            .unwrap_or(limits::ELECTION_TIMEOUT_MS_MIN);
+        if heartbeat_interval_ms == 0 {
+            return Err(invalid("--heartbeat-interval must be positive"));
+        }
+        if election_timeout_ms < 3 * heartbeat_interval_ms {
+            return Err(invalid(format!(
+                "--election-timeout ({election_timeout_ms} ms) must be at least 3 x --heartbeat-interval ({heartbeat_interval_ms} ms)"
+            )));
+        }
+        let max_request_bytes = args.max_request_bytes.unwrap_or(limits::REQUEST_BYTES_MAX);
+        if max_request_bytes == 0 || max_request_bytes > limits::REQUEST_BYTES_LIMIT_MAX {
+            return Err(invalid(format!(
+                "--max-request-bytes must be between 1 and {} bytes",
+                limits::REQUEST_BYTES_LIMIT_MAX
+            )));
+        }
+        let max_txn_ops = args.max_txn_ops.unwrap_or(limits::TXN_OPS_MAX);
+        if max_txn_ops == 0 {
+            return Err(invalid("--max-txn-ops must be positive"));
+        }
+        Ok(NodeConfig {
+            id: *id,
+            name,
+            data_dir,
+            listen_client_urls,
+            advertise_client_url,
+            listen_peer_url,
+            advertise_peer_url,
+            initial_cluster,
+            cluster_state,
+            cluster_id,
+            heartbeat_interval_ms,
+            election_timeout_ms,
+            max_request_bytes,
+            max_txn_ops,
+            enable_fault_injection: args.enable_fault_injection.unwrap_or(false),
+        })
+    }
+}
+
+impl NodeConfig {
+    /// This node as a member of the cluster, with the URLs it advertises.
+    pub fn member(&self) -> Member {
+        Member {
+            name: self.name.clone(),
+            peer_url: self.advertise_peer_url.clone(),
+            client_url: self.advertise_client_url.clone(),
+        }
+    }
+
+    /// The gRPC decode limit for client requests: the request limit plus etcd's 512 KiB slack.
+    pub fn grpc_decode_bytes_max(&self) -> usize {
+        self.max_request_bytes + 512 * 1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(name: &str, cluster: &str) -> ServerArgs {
+        ServerArgs {
+            name: Some(name.into()),
+            listen_peer_urls: Some("http://127.0.0.1:2380".into()),
+            initial_cluster: Some(cluster.into()),
+            ..ServerArgs::default()
+        }
+    }
+
+    #[test]
+    fn ids_are_derived_from_names_and_agree_across_members() {
+        let cluster = "n1=http://127.0.0.1:2380,n2=http://127.0.0.1:2480";
+        let config = args("n1", cluster).into_config().unwrap();
+        assert_eq!(config.id, derive_node_id("n1"));
+        assert_eq!(config.initial_cluster.len(), 2);
+        assert!(config.initial_cluster.contains_key(&derive_node_id("n2")));
+    }
+
+    #[test]
+    fn explicit_ids_are_used() {
+        let config = args("n1", "n1=7@http://127.0.0.1:2380")
+            .into_config()
+            .unwrap();
+        assert_eq!(config.id, 7);
+    }
+
+    #[test]
+    fn a_name_missing_from_the_cluster_is_refused_with_a_message() {
+        let error = args("n9", "n1=http://127.0.0.1:2380")
+            .into_config()
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("\"n9\" is not listed"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn urls_without_port_or_scheme_are_refused() {
+        assert!(args("n1", "n1=127.0.0.1:2380").into_config().is_err());
+        assert!(args("n1", "n1=http://127.0.0.1").into_config().is_err());
+    }
+
+    #[test]
+    fn election_timeout_must_exceed_three_heartbeats() {
+        let mut a = args("n1", "n1=http://127.0.0.1:2380");
+        a.heartbeat_interval = Some(100);
+        a.election_timeout = Some(250);
+        assert!(
+            a.into_config()
+                .unwrap_err()
+                .to_string()
+                .contains("--election-timeout")
+        );
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n1.toml");
+        std::fs::write(
+            &path,
+            "name = \"n1\"\ninitial_cluster = \"n1=http://127.0.0.1:2380\"\nmax_txn_ops = 5\nelection_timeout = 900\n",
+        )
+        .unwrap();
+        let a = ServerArgs {
+            config_file: Some(path),
+            election_timeout: Some(1500),
+            ..ServerArgs::default()
+        };
+        let config = a.into_config().unwrap();
+        assert_eq!(config.max_txn_ops, 5);
+        assert_eq!(config.election_timeout_ms, 1500);
+    }
+}

@@ -1,0 +1,151 @@
+//! The `quorumdb` command line: a thin clap front over the library.
+//!
+//! `quorumdb server ...` runs a node with etcd-named flags (see `config::ServerArgs`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::Subcommand;
+use quorumdb::config::ServerArgs;
+use quorumdb::node::Node;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "quorumdb",
+    version,
+    about = "A strongly consistent, replicated key-value database with an etcd v3 API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a QuorumDB node.
+    Server(Box<ServerArgs>),
+    /// Run a local three-node cluster in this process (clients on 127.0.0.1:2379, 22379, 32379),
+    /// data under DATA_DIR/n1..n3. Ctrl-C stops it cleanly; starting it again keeps the data.
+    LocalCluster {
+        /// Folder holding the three nodes' data.
+        #[arg(long, default_value = "quorumdb-local")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("QUORUMDB_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Server(args) => run_server(*args),
+        Command::LocalCluster { data_dir } => run_local_cluster(data_dir),
+    }
+}
+
+/// Client and peer ports of the local cluster's members, as in etcd's own local Procfile.
+const LOCAL_CLUSTER_PORTS: [(u16, u16); 3] = [(2379, 2380), (22379, 22380), (32379, 32380)];
+
+fn run_local_cluster(data_dir: PathBuf) -> ExitCode {
+    let initial_cluster = LOCAL_CLUSTER_PORTS
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("n{}=http://127.0.0.1:{peer}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut configs = Vec::new();
+    for (i, (client, peer)) in LOCAL_CLUSTER_PORTS.iter().enumerate() {
+        let args = ServerArgs {
+            name: Some(format!("n{}", i + 1)),
+            data_dir: Some(data_dir.join(format!("n{}", i + 1))),
+            listen_client_urls: Some(format!("http://127.0.0.1:{client}")),
+            listen_peer_urls: Some(format!("http://127.0.0.1:{peer}")),
+            initial_cluster: Some(initial_cluster.clone()),
+            ..ServerArgs::default()
+        };
+        match args.into_config() {
+            Ok(config) => configs.push(config),
+            Err(e) => {
+                eprintln!("quorumdb: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("quorumdb: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let mut nodes = Vec::new();
+        for config in configs {
+            match Node::start(config).await {
+                Ok(node) => nodes.push(node),
+                Err(e) => {
+                    eprintln!("quorumdb: {e}");
+                    for node in nodes {
+                        node.shutdown().await;
+                    }
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        eprintln!(
+            "quorumdb: local cluster running, data in {}. Try:\n  etcdctl --endpoints=127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379 put greeting hello\n  etcdctl --endpoints=127.0.0.1:22379 get greeting\nCtrl-C stops it.",
+            data_dir.display()
+        );
+        shutdown_signal().await;
+        eprintln!("quorumdb: stopping the local cluster");
+        for node in nodes {
+            node.shutdown().await;
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+fn run_server(args: ServerArgs) -> ExitCode {
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("quorumdb: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("quorumdb: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let node = match Node::start(config).await {
+            Ok(node) => node,
+            Err(e) => {
+                eprintln!("quorumdb: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        node.run_until(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Ctrl-C or SIGTERM: both stop the node cleanly.
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

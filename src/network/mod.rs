@@ -1,0 +1,30 @@
+//! The Raft peer transport: openraft's messages over our gRPC peer service.
+//!
+//! ```text
+//! openraft core --RaftNetworkV2--> PeerConnection --gRPC quorumdb.raft.v1.Peer--> PeerService --> Raft
+//! api::Consensus --Peers::client--> ForwardWrite / ReadIndex on the leader
+//! ```
+//!
+//! Payloads are openraft's own serde types encoded with [`crate::codec`]; the proto only frames
+//! them. Every outgoing call names its sender (metadata `x-quorumdb-from`) so the receiving side
+//! can apply the [`Faults`] seam to incoming traffic as well.
+//!
+//! Must never: touch storage; decide anything about client semantics.
+
+mod faults;
+mod peers;
+mod raft_network;
+mod server;
+
+pub use faults::Faults;
+pub use peers::PeerUnreachable;
+pub use peers::Peers;
+pub use raft_network::PeerNetworkFactory;
+pub use server::ForwardWriteError;
+pub use server::ForwardWriteReply;
+pub use server::PeerService;
+pub use server::ReadIndexError;
+pub use server::ReadIndexReply;
+
+/// gRPC metadata key carrying the sending node's id on every peer call.
+pub const FROM_NODE_METADATA: &str = "x-quorumdb-from";

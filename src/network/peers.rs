@@ -1,0 +1,88 @@
+//! gRPC clients to the other members' peer services, one lazily connected channel per URL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+use super::Faults;
+use crate::limits::PEER_MESSAGE_BYTES_MAX;
+use crate::limits::PEER_RPC_TIMEOUT_MS;
+use crate::pb::peer::peer_client::PeerClient;
+use crate::types::NodeId;
+
+#[derive(Clone)]
+pub struct Peers {
+    pub(crate) this_node: NodeId,
+    pub(crate) faults: Faults,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+/// Why a peer could not be called at all: nothing was sent, so retrying elsewhere is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerUnreachable {
+    #[error("link to node {0:x} is cut by fault injection")]
+    Cut(NodeId),
+    #[error("invalid peer URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+impl Peers {
+    pub fn new(this_node: NodeId, faults: Faults) -> Self {
+        Peers {
+            this_node,
+            faults,
+            channels: Arc::default(),
+        }
+    }
+
+    /// A client for `target` at `peer_url`. The channel connects on first use and reconnects by
+    /// itself; callers set per-call deadlines.
+    pub fn client(
+        &self,
+        target: NodeId,
+        peer_url: &str,
+    ) -> Result<PeerClient<Channel>, PeerUnreachable> {
+        if self.faults.is_cut(target) {
+            return Err(PeerUnreachable::Cut(target));
+        }
+        let mut channels = self.channels.lock().expect("peer channel lock");
+        let channel = match channels.get(peer_url) {
+            Some(channel) => channel.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(peer_url.to_string())
+                    .map_err(|e| PeerUnreachable::BadUrl {
+                        url: peer_url.to_string(),
+                        reason: e.to_string(),
+                    })?
+                    .connect_timeout(Duration::from_millis(PEER_RPC_TIMEOUT_MS))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_while_idle(true);
+                let channel = endpoint.connect_lazy();
+                channels.insert(peer_url.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+    }
+
+    /// A request carrying this node's id, for the receiver's fault seam.
+    pub fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        request.metadata_mut().insert(
+            super::FROM_NODE_METADATA,
+            self.this_node
+                .to_string()
+                .parse()
+                .expect("a number is valid metadata"),
+        );
+        request
+    }
+}

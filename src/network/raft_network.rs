@@ -1,0 +1,206 @@
+//! openraft's client side of the peer transport (`RaftNetworkV2`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::AnyError;
+use openraft::OptionalSend;
+use openraft::RaftNetworkFactory;
+use openraft::RaftNetworkV2;
+use openraft::alias::SnapshotOf;
+use openraft::alias::VoteOf;
+use openraft::errors::NetworkError;
+use openraft::errors::RPCError;
+use openraft::errors::ReplicationClosed;
+use openraft::errors::StreamingError;
+use openraft::errors::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Peers;
+use crate::codec::decode;
+use crate::codec::encode;
+use crate::limits::PEER_RPC_TIMEOUT_MS;
+use crate::limits::SNAPSHOT_CHUNK_BYTES;
+use crate::pb::peer::RaftMessage;
+use crate::pb::peer::SnapshotChunk;
+use crate::types::Member;
+use crate::types::NodeId;
+use crate::types::TypeConfig;
+
+/// Creates one [`PeerConnection`] per replication target.
+pub struct PeerNetworkFactory {
+    peers: Peers,
+}
+
+impl PeerNetworkFactory {
+    pub fn new(peers: Peers) -> Self {
+        PeerNetworkFactory { peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
+        PeerConnection {
+            peers: self.peers.clone(),
+            target,
+            peer_url: node.peer_url.clone(),
+        }
+    }
+}
+
+pub struct PeerConnection {
+    peers: Peers,
+    target: NodeId,
+    peer_url: String,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    PreVote,
+    TransferLeader,
+}
+
+fn unreachable(error: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&AnyError::error(error.to_string())))
+}
+
+fn network_error(error: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&AnyError::error(error.to_string())))
+}
+
+/// A connection refused or a dead channel is "unreachable" (openraft backs off); anything else
+/// is a network error (openraft retries at once).
+fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::PermissionDenied => unreachable(status),
+        _ => network_error(status),
+    }
+}
+
+impl PeerConnection {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        rpc: Rpc,
+        message: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let mut client = self
+            .peers
+            .client(self.target, &self.peer_url)
+            .map_err(unreachable)?;
+        let payload = encode(message).map_err(network_error)?;
+        let request = self.peers.request(RaftMessage { payload }, timeout);
+        let response = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::PreVote => client.pre_vote(request).await,
+            Rpc::TransferLeader => client.transfer_leader(request).await,
+        }
+        .map_err(status_error)?;
+        decode(&response.into_inner().payload).map_err(network_error)
+    }
+}
+
+fn rpc_timeout(option: &RPCOption) -> Duration {
+    option
+        .hard_ttl()
+        .min(Duration::from_millis(PEER_RPC_TIMEOUT_MS))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::Append, &rpc, rpc_timeout(&option)).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::Vote, &rpc, rpc_timeout(&option)).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::PreVote, &rpc, rpc_timeout(&option)).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::TransferLeader, &req, rpc_timeout(&option))
+            .await
+    }
+
+    /// Streams the snapshot in chunks of at most [`SNAPSHOT_CHUNK_BYTES`]: the first carries the
+    /// vote and the meta, the last is marked `done`. The receiver installs only a complete one.
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let meta = encode(&(vote, snapshot.meta.clone()))
+            .map_err(|e| StreamingError::from(network_error(e)))?;
+        let data = snapshot.snapshot;
+        let mut chunks = vec![SnapshotChunk {
+            meta,
+            data: Vec::new(),
+            offset: 0,
+            done: data.is_empty(),
+        }];
+        let mut offset = 0usize;
+        for piece in data.chunks(SNAPSHOT_CHUNK_BYTES) {
+            offset += piece.len();
+            chunks.push(SnapshotChunk {
+                meta: Vec::new(),
+                data: piece.to_vec(),
+                offset: (offset - piece.len()) as u64,
+                done: offset == data.len(),
+            });
+        }
+        let mut client = self
+            .peers
+            .client(self.target, &self.peer_url)
+            .map_err(|e| StreamingError::from(unreachable(e)))?;
+        // A whole snapshot gets the soft TTL per chunk, at least the plain RPC timeout.
+        let per_chunk = option
+            .soft_ttl()
+            .max(Duration::from_millis(PEER_RPC_TIMEOUT_MS));
+        let timeout = per_chunk * (chunks.len() as u32 + 1);
+        let request = self.peers.request(tokio_stream::iter(chunks), timeout);
+        let send = client.install_snapshot(request);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            response = send => {
+                let response = response.map_err(|s| StreamingError::from(status_error(s)))?;
+                decode(&response.into_inner().payload).map_err(|e| StreamingError::from(network_error(e)))
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The peer service: the receiving side of Raft traffic, plus the two requests followers send
+//! their leader on behalf of clients (forwarded writes and read-index requests).
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use openraft::ChangeMembers;
+use openraft::ReadPolicy;
+use openraft::alias::SnapshotMetaOf;
+use openraft::alias::SnapshotOf;
+use openraft::alias::VoteOf;
+use openraft::errors::ClientWriteError;
+use openraft::errors::LinearizableReadError;
+use openraft::errors::RaftError;
+use openraft::raft::linearizable_read::ReadLogId;
+use serde::Deserialize;
+use serde::Serialize;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic::Streaming;
+
+use super::FROM_NODE_METADATA;
+use super::Faults;
+use crate::codec::decode;
+use crate::codec::encode;
+use crate::limits::PEER_MESSAGE_BYTES_MAX;
+use crate::pb::peer::RaftMessage;
+use crate::pb::peer::ReadIndexRequest;
+use crate::pb::peer::SnapshotChunk;
+use crate::pb::peer::peer_server::Peer;
+use crate::pb::peer::peer_server::PeerServer;
+use crate::types::Command;
+use crate::types::CommandResponse;
+use crate::types::Member;
+use crate::types::NodeId;
+use crate::types::Raft;
+use crate::types::TypeConfig;
+
+/// Why the leader did not apply a forwarded write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardWriteError {
+    /// Rejected before anything was proposed: retrying on the right leader is safe.
+    NotLeader { leader: Option<NodeId> },
+    /// Proposed, but the outcome is not known (leader changed or stopped mid-way).
+    Unknown(String),
+}
+
+pub type ForwardWriteReply = Result<CommandResponse, ForwardWriteError>;
+
+/// Why the leader could not give a read index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ReadIndexError {
+    NotLeader {
+        leader: Option<NodeId>,
+    },
+    /// It could not confirm its leadership with a quorum.
+    NoQuorum(String),
+}
+
+pub type ReadIndexReply = Result<ReadLogId<TypeConfig>, ReadIndexError>;
+
+pub struct PeerService {
+    raft: Raft,
+    faults: Faults,
+    fault_injection_enabled: bool,
+}
+
+impl PeerService {
+    pub fn new(raft: Raft, faults: Faults, fault_injection_enabled: bool) -> Self {
+        PeerService {
+            raft,
+            faults,
+            fault_injection_enabled,
+        }
+    }
+
+    pub fn into_server(self) -> PeerServer<Self> {
+        PeerServer::new(self)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    }
+
+    /// Refuses traffic from a peer whose link is cut, so a cut is symmetric even when only one
+    /// side was told about it.
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let from = request
+            .metadata()
+            .get(FROM_NODE_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<NodeId>().ok());
+        match from {
+            Some(from) if self.faults.is_cut(from) => Err(Status::unavailable(format!(
+                "link from node {from:x} is cut by fault injection"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn bad_payload(error: std::io::Error) -> Status {
+    Status::invalid_argument(format!("undecodable peer payload: {error}"))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    let payload =
+        encode(value).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
+    Ok(Response::new(RaftMessage { payload }))
+}
+
+fn fatal<E: std::fmt::Display>(error: E) -> Status {
+    Status::unavailable(format!("raft stopped: {error}"))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request)?;
+        let rpc = decode(&request.into_inner().payload).map_err(bad_payload)?;
+        let response = self.raft.append_entries(rpc).await.map_err(fatal)?;
+        reply(&response)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request)?;
+        let rpc = decode(&request.into_inner().payload).map_err(bad_payload)?;
+        let response = self.raft.vote(rpc).await.map_err(fatal)?;
+        reply(&response)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request)?;
+        let rpc = decode(&request.into_inner().payload).map_err(bad_payload)?;
+        let response = self.raft.pre_vote(rpc).await.map_err(fatal)?;
+        reply(&response)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request)?;
+        let rpc = decode(&request.into_inner().payload).map_err(bad_payload)?;
+        let response = self.raft.handle_transfer_leader(rpc).await.map_err(fatal)?;
+        reply(&response)
+    }
+
+    /// Collects a chunked snapshot and installs it only once complete and contiguous.
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request)?;
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
+            decode(&first.meta).map_err(bad_payload)?;
+        let mut data = Vec::new();
+        let mut done = first.done;
+        while !done {
+            let chunk = chunks.next().await.ok_or_else(|| {
+                Status::invalid_argument("snapshot stream ended before its last chunk")
+            })??;
+            if chunk.offset != data.len() as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot chunk at offset {} but {} bytes received so far",
+                    chunk.offset,
+                    data.len()
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+            done = chunk.done;
+        }
+        let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: data,
+        };
+        let response = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(fatal)?;
+        reply(&response)
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<ReadIndexRequest>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request)?;
+        let result: ReadIndexReply =
+            match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+                Ok(linearizer) => Ok(*linearizer.read_log_id()),
+                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                    Err(ReadIndexError::NotLeader {
+                        leader: f.leader_id,
+                    })
+                }
+                Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
+                    Err(ReadIndexError::NoQuorum(e.to_string()))
+                }
+                Err(RaftError::Fatal(e)) => return Err(fatal(e)),
+            };
+        reply(&result)
+    }
+
+    async fn forward_write(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request)?;
+        let command: Command = decode(&request.into_inner().payload).map_err(bad_payload)?;
+        let result: ForwardWriteReply = match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ForwardWriteError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(ForwardWriteError::Unknown(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ForwardWriteError::Unknown(e.to_string())),
+        };
+        reply(&result)
+    }
+
+    /// A member publishes its current name and URLs (etcd's "publish"); only the leader can put
+    /// them in the membership.
+    async fn publish_member(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request)?;
+        let (id, member): (NodeId, Member) =
+            decode(&request.into_inner().payload).map_err(bad_payload)?;
+        if !self.raft.is_leader() {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
+        self.raft
+            .change_membership(change, true)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot publish member: {e}")))?;
+        reply(&())
+    }
+
+    /// Test seam: replaces the set of cut links. Refused unless the node was started with
+    /// `--enable-fault-injection`.
+    async fn set_faults(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        if !self.fault_injection_enabled {
+            return Err(Status::permission_denied(
+                "fault injection is disabled; start the node with --enable-fault-injection",
+            ));
+        }
+        let cut = decode(&request.into_inner().payload).map_err(bad_payload)?;
+        self.faults.set_cut(cut);
+        tracing::warn!(cut = ?self.faults.cut(), "fault injection: links cut");
+        reply(&())
+    }
+}

@@ -1,0 +1,293 @@
+//! Wiring of one QuorumDB node: open the store, start Raft, serve the peer and client services,
+//! bootstrap or rejoin, publish this member's client URL, and shut down cleanly.
+//!
+//! ```text
+//! store::open(data_dir) -> Raft::new(id, config, PeerNetworkFactory, log, state machine)
+//!   -> peer listener (PeerService)     -> client listeners (KV, Cluster, Maintenance)
+//!   -> initialize once (new cluster, never initialized)  -> publish client URL
+//!   -> wait for shutdown -> stop serving -> raft.shutdown -> flush
+//! ```
+//!
+//! Must never: initialize a node that has any Raft state (a restart rejoins from its own disk).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+use openraft::SnapshotPolicy;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::InitializeError;
+use openraft::errors::RaftError;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api;
+use crate::api::ApiContext;
+use crate::api::Consensus;
+use crate::codec::encode;
+use crate::config::ClusterState;
+use crate::config::NodeConfig;
+use crate::limits;
+use crate::network;
+use crate::network::Faults;
+use crate::network::Peers;
+use crate::pb::peer::RaftMessage;
+use crate::store;
+use crate::types::Member;
+use crate::types::NodeId;
+use crate::types::Raft;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot open the data directory {path}: {source}")]
+    Store {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid Raft configuration: {0}")]
+    RaftConfig(String),
+    #[error("cannot start Raft: {0}")]
+    RaftStart(String),
+    #[error("cannot listen on {url}: {reason}")]
+    Listen { url: String, reason: String },
+    #[error("cannot initialize the cluster: {0}")]
+    Initialize(String),
+}
+
+/// A running node. Dropping it does not stop it: call [`Node::shutdown`].
+pub struct Node {
+    pub config: NodeConfig,
+    pub raft: Raft,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    publisher: JoinHandle<()>,
+}
+
+/// The socket address of an `http://IP:PORT` listen URL (listen URLs must be IP addresses).
+fn listen_address(url: &str) -> Result<SocketAddr, NodeError> {
+    let authority = url.trim_start_matches("http://").trim_end_matches('/');
+    authority.parse().map_err(|_| NodeError::Listen {
+        url: url.to_string(),
+        reason: "a listen URL must be http://IP:PORT (use 0.0.0.0 to listen on every interface)"
+            .into(),
+    })
+}
+
+async fn bind(url: &str) -> Result<TcpListener, NodeError> {
+    let address = listen_address(url)?;
+    TcpListener::bind(address)
+        .await
+        .map_err(|e| NodeError::Listen {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
+    openraft::Config {
+        cluster_name: format!("quorumdb-{:x}", config.cluster_id),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        election_timeout_min: config.election_timeout_ms,
+        election_timeout_max: config.election_timeout_ms * 2,
+        max_payload_entries: limits::APPEND_ENTRIES_PER_RPC_MAX,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(limits::SNAPSHOT_LOGS_SINCE_LAST),
+        max_in_snapshot_log_to_keep: limits::LOG_ENTRIES_KEPT_AFTER_SNAPSHOT,
+        snapshot_max_chunk_size: limits::SNAPSHOT_CHUNK_BYTES as u64,
+        // A node cut off and rejoining must not depose a healthy leader.
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::RaftConfig(e.to_string()))
+}
+
+impl Node {
+    /// Starts the node; returns once it is serving (not necessarily once a leader is elected).
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let store = store::open(&config.data_dir).map_err(|source| NodeError::Store {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let faults = Faults::default();
+        let peers = Peers::new(config.id, faults.clone());
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config(&config)?),
+            network::PeerNetworkFactory::new(peers.clone()),
+            store.log_store,
+            store.state_machine,
+        )
+        .await
+        .map_err(|e| NodeError::RaftStart(e.to_string()))?;
+
+        // Before the peer listener opens: no other member's vote can reach this node first.
+        if config.cluster_state == ClusterState::New {
+            let initialized = raft
+                .is_initialized()
+                .await
+                .map_err(|e| NodeError::Initialize(e.to_string()))?;
+            if initialized {
+                tracing::info!("Raft state found on disk: rejoining, not initializing");
+            } else {
+                // Every member initializes with the same membership (client URLs are published
+                // later), so the first log entry is identical wherever it is written.
+                let members: BTreeMap<NodeId, Member> = config.initial_cluster.clone();
+                tracing::info!(members = members.len(), "initializing a new cluster");
+                match raft.initialize(members).await {
+                    Ok(()) => {}
+                    Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                        tracing::info!(reason = %e, "already initialized; rejoining");
+                    }
+                    Err(e) => return Err(NodeError::Initialize(e.to_string())),
+                }
+            }
+        }
+
+        let (stop, stopped) = watch::channel(false);
+        let mut servers = Vec::new();
+
+        let peer_listener = bind(&config.listen_peer_url).await?;
+        let peer_service =
+            network::PeerService::new(raft.clone(), faults.clone(), config.enable_fault_injection)
+                .into_server();
+        let shutdown = wait_for_stop(stopped.clone());
+        servers.push(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(peer_service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), shutdown)
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "peer service stopped");
+            }
+        }));
+
+        let context = ApiContext {
+            consensus: Consensus::new(config.id, raft.clone(), peers.clone()),
+            reader: store.reader,
+            cluster_id: config.cluster_id,
+            max_request_bytes: config.max_request_bytes,
+            max_txn_ops: config.max_txn_ops,
+        };
+        for url in &config.listen_client_urls {
+            let listener = bind(url).await?;
+            let kv = api::kv::KvService::new(context.clone())
+                .into_server(config.grpc_decode_bytes_max());
+            let cluster = api::cluster::ClusterService::new(context.clone()).into_server();
+            let maintenance =
+                api::maintenance::MaintenanceService::new(context.clone()).into_server();
+            let shutdown = wait_for_stop(stopped.clone());
+            servers.push(tokio::spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(kv)
+                    .add_service(cluster)
+                    .add_service(maintenance)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "client service stopped");
+                }
+            }));
+        }
+
+        let publisher = tokio::spawn(publish_member(
+            config.id,
+            config.member(),
+            Consensus::new(config.id, raft.clone(), peers),
+            stopped,
+        ));
+        tracing::info!(
+            name = %config.name,
+            id = %format!("{:x}", config.id),
+            client = %config.advertise_client_url,
+            peer = %config.advertise_peer_url,
+            "node serving"
+        );
+        Ok(Node {
+            config,
+            raft,
+            stop,
+            servers,
+            publisher,
+        })
+    }
+
+    /// Stops serving, stops Raft and lets the store flush. In-flight requests finish or fail.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.publisher.abort();
+        for server in self.servers {
+            let _ = server.await;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+    }
+
+    /// Runs until `signal` completes, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Pause between attempts to publish this member's URLs.
+const PUBLISH_RETRY_MS: u64 = 500;
+
+/// Makes the membership carry this member's current name and URLs (etcd's "publish"): the
+/// initial membership only knows peer URLs, and MemberList must show client URLs.
+async fn publish_member(
+    id: NodeId,
+    member: Member,
+    consensus: Consensus,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let published = {
+            let metrics = consensus.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            metrics.membership_config.get_node(&id) == Some(&member)
+        };
+        if published {
+            tracing::info!(client_url = %member.client_url, "member attributes published");
+            return;
+        }
+        match consensus.leader() {
+            Some((leader, _)) if leader == id => {
+                let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member.clone())]));
+                if let Err(e) = consensus.raft.change_membership(change, true).await {
+                    tracing::debug!(error = %e, "publishing member attributes, will retry");
+                }
+            }
+            Some((leader, leader_member)) => {
+                if let (Ok(mut client), Ok(payload)) = (
+                    consensus.peers().client(leader, &leader_member.peer_url),
+                    encode(&(id, member.clone())),
+                ) {
+                    let request = consensus.peers().request(
+                        RaftMessage { payload },
+                        Duration::from_millis(limits::REQUEST_TIMEOUT_MS),
+                    );
+                    if let Err(e) = client.publish_member(request).await {
+                        tracing::debug!(error = %e, "publishing member attributes, will retry");
+                    }
+                }
+            }
+            None => {}
+        }
+        let pause = tokio::time::sleep(Duration::from_millis(PUBLISH_RETRY_MS));
+        tokio::select! {
+            _ = pause => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
+}
