@@ -262,6 +262,7 @@ async fn publish_member(
             return;
         }
         match consensus.leader() {
+            Some((leader, _)) if leader == id && consensus.membership_change_in_flight() => {}
             Some((leader, _)) if leader == id => {
                 let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member.clone())]));
                 if let Err(e) = consensus.raft.change_membership(change, true).await {

@@ -69,6 +69,13 @@ impl Consensus {
         &self.peers
     }
 
+    /// Whether a membership change is still in flight (uncommitted): openraft refuses another.
+    pub fn membership_change_in_flight(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics.membership_config.log_id() != metrics.committed_membership_config.log_id()
+    }
+
     /// The leader as this node sees it, if it has one and knows its address.
     pub fn leader(&self) -> Option<(NodeId, Member)> {
         let metrics = self.raft.metrics();

@@ -9,6 +9,7 @@ use openraft::ReadPolicy;
 use openraft::alias::SnapshotMetaOf;
 use openraft::alias::SnapshotOf;
 use openraft::alias::VoteOf;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
@@ -243,6 +244,16 @@ impl Peer for PeerService {
             decode(&request.into_inner().payload).map_err(bad_payload)?;
         if !self.raft.is_leader() {
             return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        let in_flight = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            metrics.membership_config.log_id() != metrics.committed_membership_config.log_id()
+        };
+        if in_flight {
+            return Err(Status::unavailable(
+                "a membership change is in flight; retry",
+            ));
         }
         let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
         self.raft

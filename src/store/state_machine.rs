@@ -71,6 +71,8 @@ pub struct StateMachine {
     db: sled::Db,
     keyspace: Arc<KeySpace>,
     snapshot_dir: PathBuf,
+    /// In memory as well as in the key space: checked on every apply without a read.
+    last_applied: Option<LogIdOf<TypeConfig>>,
 }
 
 impl StateMachine {
@@ -80,11 +82,14 @@ impl StateMachine {
         snapshot_dir: PathBuf,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
-        Ok(StateMachine {
+        let mut state_machine = StateMachine {
             db,
             keyspace,
             snapshot_dir,
-        })
+            last_applied: None,
+        };
+        state_machine.last_applied = state_machine.read_applied_state()?.0;
+        Ok(state_machine)
     }
 
     fn read_applied_state(
@@ -180,7 +185,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         };
         let last_applied = last.log_id();
-        if let Some(previous) = self.read_applied_state()?.0 {
+        if let Some(previous) = self.last_applied {
             assert!(last_applied > previous, "last_applied would go backwards");
         }
 
@@ -205,6 +210,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             extra.push((membership_key(), Some(encode(&membership)?)));
         }
         let responses = self.keyspace.apply(&commands, extra)?;
+        self.last_applied = Some(last_applied);
         assert_eq!(
             responses.len(),
             batch.len(),
@@ -261,6 +267,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         entries.push((membership_key(), encode(&meta.last_membership)?));
         self.keyspace.restore(entries)?;
+        self.last_applied = meta.last_log_id;
         self.db.flush_async().await.map_err(sled_error)?;
 
         let file = SnapshotFile {
