@@ -1,0 +1,361 @@
+//! A real cluster for integration tests: `quorumdb server` processes on loopback ports, each with
+//! its own data directory, killed with SIGKILL (never a clean shutdown) when a test says so, and
+//! always killed when the cluster is dropped.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use etcd_client::Client;
+use etcd_client::ConnectOptions;
+use quorumdb::config::derive_node_id;
+use quorumdb::pb::peer::RaftMessage;
+use quorumdb::pb::peer::peer_client::PeerClient;
+use tempfile::TempDir;
+
+/// How long a test waits for a leader before it fails.
+pub const LEADER_WAIT: Duration = Duration::from_secs(20);
+
+pub struct NodeProcess {
+    pub name: String,
+    pub id: u64,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    log_path: PathBuf,
+    initial_cluster: String,
+    /// Behind a lock so a shared `&Cluster` can notice a node that died on its own.
+    child: Option<Mutex<Child>>,
+}
+
+impl NodeProcess {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open node log");
+        let child = Command::new(env!("CARGO_BIN_EXE_quorumdb"))
+            .arg("server")
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &self.client_url()])
+            .args(["--listen-peer-urls", &self.peer_url()])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--enable-fault-injection", "true"])
+            .env("QUORUMDB_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn quorumdb");
+        self.child = Some(Mutex::new(child));
+    }
+
+    /// SIGKILL: no shutdown code runs, whatever sled had not flushed is lost.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.take() {
+            let mut child = child
+                .into_inner()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// How the node ended, if it was started and has since exited without the test killing it.
+    pub fn unexpected_exit(&self) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_ref()?;
+        let mut child = child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        child.try_wait().ok().flatten()
+    }
+
+    /// Everything the node has logged, across restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<NodeProcess>,
+    _dir: TempDir,
+}
+
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+impl Cluster {
+    /// Starts `size` nodes named n1..nN that bootstrap one cluster.
+    pub fn start(size: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ports = free_ports(size * 2);
+        let initial_cluster = (0..size)
+            .map(|i| format!("n{}=http://127.0.0.1:{}", i + 1, ports[2 * i + 1]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes: Vec<NodeProcess> = (0..size)
+            .map(|i| {
+                let name = format!("n{}", i + 1);
+                NodeProcess {
+                    id: derive_node_id(&name),
+                    client_port: ports[2 * i],
+                    peer_port: ports[2 * i + 1],
+                    data_dir: dir.path().join(&name),
+                    log_path: dir.path().join(format!("{name}.log")),
+                    initial_cluster: initial_cluster.clone(),
+                    name,
+                    child: None,
+                }
+            })
+            .collect();
+        for node in &mut nodes {
+            node.spawn();
+        }
+        Cluster { nodes, _dir: dir }
+    }
+
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].kill();
+    }
+
+    pub fn restart(&mut self, index: usize) {
+        self.nodes[index].spawn();
+    }
+
+    /// The running nodes other than `leader`, in index order.
+    pub fn followers(&self, leader: usize) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| *i != leader && self.nodes[*i].is_running())
+            .collect()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client_url()).collect()
+    }
+
+    /// A client bound to one node only, so a test knows exactly who serves its requests.
+    pub async fn client(&self, index: usize) -> Client {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(15));
+        Client::connect([self.nodes[index].client_url()], Some(options))
+            .await
+            .expect("connect to a node")
+    }
+
+    /// Like [`Cluster::client`], with a per-request timeout of the test's choosing.
+    pub async fn client_with_timeout(&self, index: usize, timeout: Duration) -> Client {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(timeout);
+        Client::connect([self.nodes[index].client_url()], Some(options))
+            .await
+            .expect("connect to a node")
+    }
+
+    /// Fails the test at once if a node the test did not kill has exited (a crash, a failed
+    /// start-up): waiting any longer could only end in a less helpful timeout.
+    pub fn assert_no_node_exited(&self) {
+        for node in &self.nodes {
+            if let Some(status) = node.unexpected_exit() {
+                panic!(
+                    "{} exited on its own ({status})\n{}",
+                    node.name,
+                    self.logs()
+                );
+            }
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, pausing briefly between tries; past `timeout` the test
+    /// fails with `what`, the last error and the node logs. Each attempt must itself be bounded
+    /// (a client with a request timeout), so the whole wait is.
+    pub async fn eventually<T, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut attempt: impl FnMut() -> Fut,
+    ) -> T
+    where
+        Fut: Future<Output = Result<T, String>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last_error = match attempt().await {
+                Ok(value) => return value,
+                Err(error) => error,
+            };
+            self.assert_no_node_exited();
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not done within {timeout:?}; last error: {last_error}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The index of the node every running node agrees is the leader, waiting for one.
+    pub async fn wait_for_leader(&self) -> usize {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let mut seen = Vec::new();
+            for node in self.nodes.iter().filter(|n| n.is_running()) {
+                let Ok(mut client) = Client::connect(
+                    [node.client_url()],
+                    Some(ConnectOptions::new().with_connect_timeout(Duration::from_millis(500))),
+                )
+                .await
+                else {
+                    continue;
+                };
+                if let Ok(status) = client.status().await {
+                    seen.push(status.leader());
+                }
+            }
+            self.assert_no_node_exited();
+            let running = self.nodes.iter().filter(|n| n.is_running()).count();
+            if seen.len() == running
+                && seen.iter().all(|l| *l != 0 && *l == seen[0])
+                && let Some(index) = self
+                    .nodes
+                    .iter()
+                    .position(|n| n.id == seen[0] && n.is_running())
+            {
+                return index;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {LEADER_WAIT:?}; saw {seen:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Cuts (or, with an empty list, heals) node `index`'s peer links to `others`, in both
+    /// directions, through the fault seam of the peer transport.
+    pub async fn cut_links(&self, index: usize, others: &[usize]) {
+        let cut: std::collections::BTreeSet<u64> =
+            others.iter().map(|i| self.nodes[*i].id).collect();
+        let mut client = PeerClient::connect(self.nodes[index].peer_url())
+            .await
+            .expect("connect to the peer service");
+        let payload = quorumdb::codec::encode(&cut).expect("encode fault set");
+        client
+            .set_faults(RaftMessage { payload })
+            .await
+            .expect("set faults");
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {} log (tail) ---\n{}", n.name, n.log_tail(30)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
+}
+
+/// The seed of a randomized test: `QUORUMDB_TEST_SEED` when set (to replay a run), otherwise
+/// derived from the clock. Printed either way, so every failure can be replayed.
+pub fn test_seed(test_name: &str) -> u64 {
+    let seed = match std::env::var("QUORUMDB_TEST_SEED") {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .expect("QUORUMDB_TEST_SEED must be an unsigned integer"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos() as u64,
+    };
+    eprintln!("{test_name}: seed {seed} (replay with QUORUMDB_TEST_SEED={seed})");
+    seed
+}
+
+/// A small deterministic generator (SplitMix64): the same seed gives the same choices, and the
+/// tests need nothing stronger than that.
+pub struct TestRng {
+    state: u64,
+}
+
+impl TestRng {
+    pub fn new(seed: u64) -> TestRng {
+        TestRng { state: seed }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound` (`bound` > 0).
+    pub fn below(&mut self, bound: usize) -> usize {
+        assert!(bound > 0, "empty range");
+        (self.next_u64() % bound as u64) as usize
+    }
+
+    pub fn choose<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
+    }
+}
