@@ -830,3 +830,64 @@ async fn a_cut_off_follower_fails_linearizable_reads_instead_of_serving_stale_da
         "after the heal the follower must see the acknowledged write"
     );
 }
+
+/// MoveLeader (openraft's leader transfer through the peer service) hands leadership to the
+/// named follower; a non-leader refuses with etcd's `not leader`, a non-member target with
+/// `bad leader transferee`; writes work under the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_hands_leadership_to_the_named_follower() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.followers(leader)[0];
+    let target = cluster.nodes[follower].id;
+
+    let mut on_follower = cluster.client(follower).await;
+    let refused = on_follower
+        .move_leader(target)
+        .await
+        .expect_err("a follower cannot move leadership");
+    assert!(
+        refused.to_string().contains("etcdserver: not leader"),
+        "{refused}"
+    );
+
+    let mut on_leader = cluster.client(leader).await;
+    let bad = on_leader
+        .move_leader(12345)
+        .await
+        .expect_err("12345 is not a member");
+    assert!(
+        bad.to_string()
+            .contains("etcdserver: bad leader transferee"),
+        "{bad}"
+    );
+
+    on_leader.move_leader(target).await.expect("move leader");
+    let new_leader = cluster.wait_for_leader().await;
+    assert_eq!(
+        new_leader,
+        follower,
+        "leadership went elsewhere\n{}",
+        cluster.logs()
+    );
+    // The handover went through the peer service's TransferLeader, not a plain election.
+    let handled = cluster.nodes[follower]
+        .log()
+        .contains("leader transfer request received");
+    assert!(
+        handled,
+        "the target never received the transfer request\n{}",
+        cluster.logs()
+    );
+
+    let mut client = cluster.client(leader).await;
+    client
+        .put("moved", "yes", None)
+        .await
+        .expect("write after the transfer");
+    let read = on_follower
+        .get("moved", None)
+        .await
+        .expect("read on the new leader");
+    assert_eq!(read.kvs()[0].value(), b"yes");
+}

@@ -13,6 +13,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
+use openraft::raft::TransferLeaderRequest;
 use openraft::raft::linearizable_read::ReadLogId;
 use serde::Deserialize;
 use serde::Serialize;
@@ -147,7 +148,9 @@ impl Peer for PeerService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         self.admit(&request)?;
-        let rpc = decode(&request.into_inner().payload).map_err(bad_payload)?;
+        let rpc: TransferLeaderRequest<TypeConfig> =
+            decode(&request.into_inner().payload).map_err(bad_payload)?;
+        tracing::info!(request = %rpc, "leader transfer request received");
         let response = self.raft.handle_transfer_leader(rpc).await.map_err(fatal)?;
         reply(&response)
     }
