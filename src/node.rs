@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::ChangeMembers;
 use openraft::SnapshotPolicy;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -159,7 +160,7 @@ impl Node {
         servers.push(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(peer_service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), shutdown)
+                .serve_with_incoming_shutdown(peer_connections(peer_listener), shutdown)
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "peer service stopped");
@@ -186,7 +187,7 @@ impl Node {
                     .add_service(kv)
                     .add_service(cluster)
                     .add_service(maintenance)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .serve_with_incoming_shutdown(client_connections(listener), shutdown)
                     .await;
                 if let Err(e) = served {
                     tracing::error!(error = %e, "client service stopped");
@@ -234,6 +235,30 @@ impl Node {
         tracing::info!("shutting down");
         self.shutdown().await;
     }
+}
+
+/// Accepted client connections: no Nagle delay (small requests, latency matters), and etcd Go
+/// clients' scheme-prefixed `:authority` normalised for h2 (see [`api::authority`]).
+fn client_connections(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<api::authority::AuthorityFix>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.map(|stream| {
+            let _ = stream.set_nodelay(true);
+            api::authority::AuthorityFix::new(stream)
+        })
+    })
+}
+
+/// Accepted peer connections, without Nagle delay: Raft messages are small and latency-bound.
+fn peer_connections(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    })
 }
 
 async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {

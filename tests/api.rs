@@ -1141,7 +1141,6 @@ async fn etcdctl_puts_gets_deletes_and_reports_members_and_status() {
 
 /// `--cluster` makes etcdctl dial every member's published client URL (`http://host:port`); Go's
 /// gRPC then sends that whole URL as the HTTP/2 `:authority`, which real etcd accepts.
-#[ignore = "known limit: the h2 crate under tonic refuses an `http://` :authority (see DEVELOPERS.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_endpoint_status_cluster_reaches_every_member_by_its_client_url() {
     let Some(program) = skip_without_etcdctl() else {

@@ -8,6 +8,7 @@
 //! [`error`] is the one place errors become gRPC statuses. Must never: touch sled; answer a
 //! linearizable read without the read barrier.
 
+pub mod authority;
 pub mod cluster;
 pub mod consensus;
 pub mod convert;
