@@ -891,3 +891,57 @@ async fn move_leader_hands_leadership_to_the_named_follower() {
         .expect("read on the new leader");
     assert_eq!(read.kvs()[0].value(), b"yes");
 }
+
+/// With two of three members gone no leader can be elected: the survivor answers writes and
+/// linearizable reads with Unavailable and etcd's message, within a bounded time, instead of
+/// hanging; a serializable read still answers from local state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_requests_fail_unavailable_within_a_bounded_time() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader().await;
+    let mut client = cluster.client(leader).await;
+    client
+        .put("quorum", "before", None)
+        .await
+        .expect("write with a quorum");
+
+    let survivor = cluster.followers(leader)[0];
+    for index in 0..3 {
+        if index != survivor {
+            cluster.kill(index);
+        }
+    }
+    let mut client = cluster
+        .client_with_timeout(survivor, Duration::from_secs(20))
+        .await;
+    for what in ["put", "linearizable get"] {
+        let started = Instant::now();
+        let outcome = match what {
+            "put" => client.put("quorum", "after", None).await.map(|_| ()),
+            _ => client.get("quorum", None).await.map(|_| ()),
+        };
+        let took = started.elapsed();
+        let error = outcome.expect_err("no quorum, no answer");
+        let etcd_client::Error::GRpcStatus(status) = &error else {
+            panic!("{what}: expected a gRPC status, got {error}");
+        };
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "{what}: {status:?}"
+        );
+        assert!(
+            ["etcdserver: no leader", "etcdserver: request timed out"].contains(&status.message()),
+            "{what}: unexpected message {:?}",
+            status.message()
+        );
+        // The server gives up after its own bound (a few election timeouts), well before the
+        // client's 20 s deadline.
+        assert!(took < Duration::from_secs(12), "{what} took {took:?}");
+    }
+    let stale = client
+        .get("quorum", Some(GetOptions::new().with_serializable()))
+        .await
+        .expect("a serializable read needs no quorum");
+    assert_eq!(stale.kvs()[0].value(), b"before");
+}
