@@ -313,6 +313,12 @@ impl ServerArgs {
         if heartbeat_interval_ms == 0 {
             return Err(invalid("--heartbeat-interval must be positive"));
         }
+        if election_timeout_ms > limits::ELECTION_TIMEOUT_MS_LIMIT_MAX {
+            return Err(invalid(format!(
+                "--election-timeout ({election_timeout_ms} ms) must be at most {} ms",
+                limits::ELECTION_TIMEOUT_MS_LIMIT_MAX
+            )));
+        }
         if election_timeout_ms < 3 * heartbeat_interval_ms {
             return Err(invalid(format!(
                 "--election-timeout ({election_timeout_ms} ms) must be at least 3 x --heartbeat-interval ({heartbeat_interval_ms} ms)"

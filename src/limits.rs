@@ -18,6 +18,9 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
 /// flush on a shared 2-core machine.
 pub const ELECTION_TIMEOUT_MS_MIN: u64 = 1000;
 
+/// The largest `--election-timeout` accepted: etcd's own upper bound (50 s).
+pub const ELECTION_TIMEOUT_MS_LIMIT_MAX: u64 = 50_000;
+
 /// How long a request waits for a leader to be known before it fails with `no leader`.
 pub const LEADER_WAIT_MS_MAX: u64 = 3000;
 

@@ -7,15 +7,17 @@
 //!
 //! [`AuthorityFix`] wraps an accepted connection and rewrites, in the client-to-server direction
 //! only, each HTTP/2 header block whose `:authority` carries a scheme: the scheme is dropped and
-//! the value is re-encoded as a plain (non-Huffman) literal. Every other byte passes unchanged.
+//! the value is re-encoded as a plain (non-Huffman) literal. Frames other than HEADERS and
+//! CONTINUATION stream through byte for byte without being buffered; header blocks are
+//! re-framed (padding dropped) and otherwise keep every byte.
 //!
 //! HPACK consistency: a rewritten value is shorter than the client's, so the entry the server
 //! adds to its dynamic table is smaller than the client's. Both tables add and reference entries
 //! in the same order and the server never evicts sooner than the client, so every index the
 //! client sends still names the same entry on the server.
 //!
-//! Must never: change anything but a scheme-prefixed `:authority`; buffer more than one frame
-//! (or one header block) ahead.
+//! Must never: change anything but a scheme-prefixed `:authority`; buffer more than one header
+//! frame (at most the 16 KiB minimum frame size) or one header block (`HEADER_BLOCK_BYTES_MAX`).
 
 use std::io;
 use std::pin::Pin;
@@ -54,8 +56,8 @@ struct PendingBlock {
 }
 
 /// An accepted client connection with scheme-prefixed `:authority` values normalised.
-pub struct AuthorityFix {
-    inner: TcpStream,
+pub struct AuthorityFix<S = TcpStream> {
+    inner: S,
     /// Bytes read from the socket and not yet examined.
     raw: BytesMut,
     /// Bytes examined and ready for the reader (h2).
@@ -64,10 +66,12 @@ pub struct AuthorityFix {
     /// Not HTTP/2 with prior knowledge, or past a block we could not parse: copy everything.
     pass_through: bool,
     pending: Option<PendingBlock>,
+    /// Payload bytes of the current non-header frame still to stream through.
+    passthrough_remaining: usize,
 }
 
-impl AuthorityFix {
-    pub fn new(inner: TcpStream) -> Self {
+impl<S> AuthorityFix<S> {
+    pub fn new(inner: S) -> Self {
         AuthorityFix {
             inner,
             raw: BytesMut::with_capacity(16 * 1024),
@@ -75,6 +79,7 @@ impl AuthorityFix {
             preface_checked: false,
             pass_through: false,
             pending: None,
+            passthrough_remaining: 0,
         }
     }
 
@@ -98,8 +103,37 @@ impl AuthorityFix {
             self.raw.advance(PREFACE.len());
             self.preface_checked = true;
         }
-        while self.raw.len() >= FRAME_HEADER_BYTES {
+        loop {
+            if self.passthrough_remaining > 0 {
+                let count = self.passthrough_remaining.min(self.raw.len());
+                let bytes = self.raw.split_to(count);
+                self.ready.extend_from_slice(&bytes);
+                self.passthrough_remaining -= count;
+                if self.passthrough_remaining > 0 {
+                    return;
+                }
+            }
+            if self.raw.len() < FRAME_HEADER_BYTES {
+                return;
+            }
             let length = u32::from_be_bytes([0, self.raw[0], self.raw[1], self.raw[2]]) as usize;
+            let is_header_frame = matches!(self.raw[3], FRAME_HEADERS | FRAME_CONTINUATION);
+            if !is_header_frame && self.pending.is_none() {
+                let header = self.raw.split_to(FRAME_HEADER_BYTES);
+                self.ready.extend_from_slice(&header);
+                self.passthrough_remaining = length;
+                continue;
+            }
+            if !is_header_frame {
+                // Another frame inside a header block is a protocol error: let h2 see it.
+                self.give_up();
+                return self.process();
+            }
+            if length > FRAME_PAYLOAD_BYTES_MIN_MAX {
+                // Larger than any frame h2 accepts by default: let it reject the connection.
+                self.give_up();
+                return self.process();
+            }
             if self.raw.len() < FRAME_HEADER_BYTES + length {
                 return;
             }
@@ -133,8 +167,9 @@ impl AuthorityFix {
                         self.finish_block();
                     }
                 }
+                // A HEADERS frame inside a header block, or a CONTINUATION outside one (or for
+                // another stream): protocol errors for h2 to report.
                 (_, Some(_)) => {
-                    // Another frame inside a header block is a protocol error: let h2 see it.
                     self.give_up();
                     self.ready.extend_from_slice(&frame);
                     return self.process();
@@ -314,7 +349,7 @@ fn rewrite_authority(block: &[u8]) -> Option<Vec<u8>> {
     changed.then_some(out)
 }
 
-impl AsyncRead for AuthorityFix {
+impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -352,7 +387,7 @@ impl AsyncRead for AuthorityFix {
     }
 }
 
-impl AsyncWrite for AuthorityFix {
+impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -382,7 +417,7 @@ impl AsyncWrite for AuthorityFix {
     }
 }
 
-impl Connected for AuthorityFix {
+impl Connected for AuthorityFix<TcpStream> {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
@@ -449,6 +484,57 @@ mod tests {
             assert_eq!(read_integer(&out, &mut at, 6), Some(value));
             assert_eq!(at, out.len());
         }
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
+        let length = (payload.len() as u32).to_be_bytes();
+        let mut out = length[1..].to_vec();
+        out.extend_from_slice(&[kind, flags, 0, 0, 0, stream]);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A connection as etcdctl opens it, fed a few bytes at a time: the preface, a SETTINGS
+    /// frame and a DATA frame come through unchanged; the padded HEADERS frame (split over a
+    /// CONTINUATION) comes out as one HEADERS frame with the scheme gone.
+    #[tokio::test]
+    async fn a_connection_is_rewritten_only_in_its_authority() {
+        use tokio::io::AsyncReadExt;
+        use tokio::io::AsyncWriteExt;
+
+        let settings = frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]);
+        let mut block = vec![0x83, 0x86];
+        block.extend(literal(0x41, b"http://127.0.0.1:2379"));
+        let (first, second) = block.split_at(4);
+        let mut padded = vec![3u8];
+        padded.extend_from_slice(first);
+        padded.extend_from_slice(&[0, 0, 0]);
+        let data = frame(0x0, 0x1, 1, b"0123456789");
+        let mut input = PREFACE.to_vec();
+        input.extend(&settings);
+        input.extend(frame(FRAME_HEADERS, FLAG_PADDED, 1, &padded));
+        input.extend(frame(FRAME_CONTINUATION, FLAG_END_HEADERS, 1, second));
+        input.extend(&data);
+
+        let mut expected_block = vec![0x83, 0x86];
+        expected_block.extend(literal(0x41, b"127.0.0.1:2379"));
+        let mut expected = PREFACE.to_vec();
+        expected.extend(&settings);
+        expected.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &expected_block));
+        expected.extend(&data);
+
+        let (mut client, server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            for piece in input.chunks(5) {
+                client.write_all(piece).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+        });
+        let mut fixed = AuthorityFix::new(server);
+        let mut output = Vec::new();
+        fixed.read_to_end(&mut output).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(output, expected);
     }
 
     #[test]

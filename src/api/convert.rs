@@ -100,7 +100,7 @@ fn compare(request: &etcd::Compare) -> Result<Compare, ApiError> {
         Ok(etcd::compare::CompareResult::Less) => CompareResult::Less,
         Ok(etcd::compare::CompareResult::NotEqual) => CompareResult::NotEqual,
         Err(_) => {
-            return Err(ApiError::Internal(format!(
+            return Err(ApiError::InvalidCompare(format!(
                 "unknown compare result {}",
                 request.result
             )));
@@ -137,7 +137,7 @@ fn compare(request: &etcd::Compare) -> Result<Compare, ApiError> {
             })
         }
         Err(_) => {
-            return Err(ApiError::Internal(format!(
+            return Err(ApiError::InvalidCompare(format!(
                 "unknown compare target {}",
                 request.target
             )));

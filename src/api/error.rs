@@ -26,6 +26,9 @@ pub enum ApiError {
     /// A RequestOp with nothing set (etcd answers this quirkily with "key not found").
     #[error("etcdserver: key not found")]
     EmptyRequestOp,
+    /// A Compare whose result or target is not one of etcd's enum values.
+    #[error("etcdserver: invalid compare: {0}")]
+    InvalidCompare(String),
     #[error(transparent)]
     Kv(#[from] KvError),
     #[error("etcdserver: no leader")]
@@ -61,7 +64,7 @@ impl From<ApiError> for Status {
         let message = error.to_string();
         match error {
             EmptyKey | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge | InvalidSortOption | EmptyRequestOp => {
+            | RequestTooLarge | InvalidSortOption | EmptyRequestOp | InvalidCompare(_) => {
                 Status::invalid_argument(message)
             }
             Kv(KvError::Compacted | KvError::FutureRevision) => Status::out_of_range(message),

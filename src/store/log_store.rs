@@ -219,7 +219,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
-        let mut previous = self.last_entry()?.map(|e| e.index());
+        // After the last entry, or right after the purge point when everything was purged.
+        let mut previous = match self.last_entry()? {
+            Some(entry) => Some(entry.index()),
+            None => self
+                .get_meta::<LogIdOf<TypeConfig>>(KEY_PURGED)?
+                .map(|log_id| log_id.index()),
+        };
         for entry in entries {
             if let Some(previous) = previous {
                 assert_eq!(

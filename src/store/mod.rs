@@ -10,6 +10,7 @@
 mod codec;
 pub mod log_store;
 pub mod mvcc;
+mod snapshot_file;
 pub mod state_machine;
 
 use std::io;

@@ -6,15 +6,13 @@
 //! try_create_snapshot_builder: KeySpace::dump (consistent: runs in the state machine task,
 //!                                   |          so no apply interleaves)
 //! build_snapshot (concurrent with apply): encode, flush the db, write snapshots/current.snap
-//! install_snapshot: KeySpace::restore (one batch), then keep the file as the current snapshot
+//! install_snapshot: keep the file as the current snapshot, then KeySpace::restore (one batch)
 //! ```
 //!
 //! Must never: answer a client before its entry is applied; report a snapshot whose state is not
 //! durable in the key space (the log before it is purged once it is reported).
 
 use std::io;
-use std::io::Write;
-use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -30,18 +28,16 @@ use openraft::alias::StoredMembershipOf;
 use openraft::entry::RaftEntry;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
-use serde::Deserialize;
-use serde::Serialize;
 
 use super::codec::sled_error;
 use super::mvcc::EXTRA_PREFIX;
 use super::mvcc::KeySpace;
+use super::snapshot_file::SnapshotFile;
+use super::snapshot_file::SnapshotFiles;
 use crate::codec::decode;
 use crate::codec::encode;
 use crate::types::Command;
 use crate::types::TypeConfig;
-
-const SNAPSHOT_FILE: &str = "current.snap";
 
 fn extra_key(name: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(name.len() + 1);
@@ -58,19 +54,12 @@ fn membership_key() -> Vec<u8> {
     extra_key(b"last_membership")
 }
 
-/// A snapshot on disk: its meta and the key-space dump it was built from.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMetaOf<TypeConfig>,
-    data: Vec<u8>,
-}
-
 /// The state machine handed to openraft. Reads by the API go through [`super::KvReader`], which
 /// shares the same key space.
 pub struct StateMachine {
     db: sled::Db,
     keyspace: Arc<KeySpace>,
-    snapshot_dir: PathBuf,
+    snapshots: SnapshotFiles,
     /// In memory as well as in the key space: checked on every apply without a read.
     last_applied: Option<LogIdOf<TypeConfig>>,
 }
@@ -81,11 +70,10 @@ impl StateMachine {
         keyspace: Arc<KeySpace>,
         snapshot_dir: PathBuf,
     ) -> io::Result<Self> {
-        std::fs::create_dir_all(&snapshot_dir)?;
         let mut state_machine = StateMachine {
             db,
             keyspace,
-            snapshot_dir,
+            snapshots: SnapshotFiles::open(snapshot_dir)?,
             last_applied: None,
         };
         state_machine.last_applied = state_machine.read_applied_state()?.0;
@@ -111,7 +99,7 @@ impl StateMachine {
 /// encoding and writing the file, in `build_snapshot`, concurrently with apply.
 pub struct SnapshotBuilder {
     db: sled::Db,
-    snapshot_dir: PathBuf,
+    snapshots: SnapshotFiles,
     meta: SnapshotMetaOf<TypeConfig>,
     dump: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -128,38 +116,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             data,
         };
-        let dir = self.snapshot_dir.clone();
-        let file =
-            tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file).map(|()| file))
-                .await
-                .map_err(io::Error::other)??;
+        let snapshots = self.snapshots.clone();
+        let file = tokio::task::spawn_blocking(move || snapshots.save(&file).map(|_| file))
+            .await
+            .map_err(io::Error::other)??;
         tracing::info!(last_log_id = ?file.meta.last_log_id, bytes = file.data.len(), "built snapshot");
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta: file.meta,
             snapshot: file.data,
         })
-    }
-}
-
-/// Writes the snapshot file atomically: a temporary file, fsync, rename, fsync of the folder.
-fn write_snapshot_file(dir: &Path, file: &SnapshotFile) -> io::Result<()> {
-    let bytes = encode(file)?;
-    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    {
-        let mut out = std::fs::File::create(&temporary)?;
-        out.write_all(&bytes)?;
-        out.sync_all()?;
-    }
-    std::fs::rename(&temporary, dir.join(SNAPSHOT_FILE))?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
-fn read_snapshot_file(dir: &Path) -> io::Result<Option<SnapshotFile>> {
-    match std::fs::read(dir.join(SNAPSHOT_FILE)) {
-        Ok(bytes) => Ok(Some(decode(&bytes)?)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
     }
 }
 
@@ -241,7 +206,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .expect("copy the key space for a snapshot");
         SnapshotBuilder {
             db: self.db.clone(),
-            snapshot_dir: self.snapshot_dir.clone(),
+            snapshots: self.snapshots.clone(),
             meta: SnapshotMetaOf::<TypeConfig> {
                 last_log_id,
                 last_membership,
@@ -266,18 +231,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             entries.push((applied_key(), encode(log_id)?));
         }
         entries.push((membership_key(), encode(&meta.last_membership)?));
-        self.keyspace.restore(entries)?;
-        self.last_applied = meta.last_log_id;
-        self.db.flush_async().await.map_err(sled_error)?;
-
+        // The file first: if a crash comes between the two, the restart finds a snapshot newer
+        // than the key space and installs it again, instead of a key space ahead of every
+        // snapshot on disk with the log behind it already purged.
         let file = SnapshotFile {
             meta: meta.clone(),
             data: snapshot,
         };
-        let dir = self.snapshot_dir.clone();
-        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &file))
+        let snapshots = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || snapshots.save(&file))
             .await
             .map_err(io::Error::other)??;
+        self.keyspace.restore(entries)?;
+        self.last_applied = meta.last_log_id;
+        self.db.flush_async().await.map_err(sled_error)?;
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
@@ -285,8 +252,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> io::Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>> {
-        let dir = self.snapshot_dir.clone();
-        let file = tokio::task::spawn_blocking(move || read_snapshot_file(&dir))
+        let snapshots = self.snapshots.clone();
+        let file = tokio::task::spawn_blocking(move || snapshots.load())
             .await
             .map_err(io::Error::other)??;
         Ok(file.map(|file| SnapshotOf::<TypeConfig, Vec<u8>> {
