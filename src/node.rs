@@ -30,6 +30,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api;
 use crate::api::ApiContext;
 use crate::api::Consensus;
+use crate::codec::decode;
 use crate::codec::encode;
 use crate::config::ClusterState;
 use crate::config::NodeConfig;
@@ -58,6 +59,17 @@ pub enum NodeError {
     Listen { url: String, reason: String },
     #[error("cannot initialize the cluster: {0}")]
     Initialize(String),
+    #[error(
+        "member {name} has already been bootstrapped: peer {peer} knows it with client URL {client_url}, \
+         but its data directory {data_dir} holds no Raft state. Initializing again could lose \
+         acknowledged writes; restore the data directory (a member cannot be removed and re-added yet)"
+    )]
+    AlreadyBootstrapped {
+        name: String,
+        peer: String,
+        client_url: String,
+        data_dir: String,
+    },
 }
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -135,6 +147,7 @@ impl Node {
             if initialized {
                 tracing::info!("Raft state found on disk: rejoining, not initializing");
             } else {
+                refuse_if_bootstrapped_before(&config, &peers).await?;
                 // Every member initializes with the same membership (client URLs are published
                 // later), so the first log entry is identical wherever it is written.
                 let members: BTreeMap<NodeId, Member> = config.initial_cluster.clone();
@@ -235,6 +248,50 @@ impl Node {
         tracing::info!("shutting down");
         self.shutdown().await;
     }
+}
+
+/// How long the start-up check waits for each peer's answer; an unreachable peer is skipped.
+const BOOTSTRAP_PROBE_TIMEOUT_MS: u64 = 1000;
+
+/// etcd's "member has already been bootstrapped" check: a node with no Raft state whose peers
+/// know it with a published client URL lost its data directory. Initializing it again would give
+/// it a blank vote and log, and with one other member it could form a quorum that forgets
+/// acknowledged writes. Peers that do not answer are skipped (at first start they may be down).
+async fn refuse_if_bootstrapped_before(
+    config: &NodeConfig,
+    peers: &Peers,
+) -> Result<(), NodeError> {
+    for (id, member) in config
+        .initial_cluster
+        .iter()
+        .filter(|(id, _)| **id != config.id)
+    {
+        let Ok(mut client) = peers.client(*id, &member.peer_url) else {
+            continue;
+        };
+        let request = peers.request(
+            RaftMessage {
+                payload: Vec::new(),
+            },
+            Duration::from_millis(BOOTSTRAP_PROBE_TIMEOUT_MS),
+        );
+        let Ok(response) = client.members(request).await else {
+            continue;
+        };
+        let Ok((_, members)) = decode::<network::MembersReply>(&response.into_inner().payload)
+        else {
+            continue;
+        };
+        if let Some(known) = members.get(&config.id).filter(|m| !m.client_url.is_empty()) {
+            return Err(NodeError::AlreadyBootstrapped {
+                name: config.name.clone(),
+                peer: member.name.clone(),
+                client_url: known.client_url.clone(),
+                data_dir: config.data_dir.display().to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Accepted client connections: no Nagle delay (small requests, latency matters), and etcd Go

@@ -945,3 +945,65 @@ async fn without_a_quorum_requests_fail_unavailable_within_a_bounded_time() {
         .expect("a serializable read needs no quorum");
     assert_eq!(stale.kvs()[0].value(), b"before");
 }
+
+/// A member whose data directory was lost must not bootstrap again with a blank vote and log
+/// (with one other member it could form a quorum that forgets acknowledged writes): it refuses
+/// to start with etcd's "already bootstrapped" error, and the cluster keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_data_was_lost_refuses_to_bootstrap_again() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader().await;
+    let lost = cluster.followers(leader)[0];
+    // Wait until every member has published its client URL: that is what marks "bootstrapped".
+    cluster
+        .eventually(SETTLE_WAIT, "client URLs published", || async {
+            let mut client = cluster.client(leader).await;
+            let members = client.member_list().await.map_err(|e| e.to_string())?;
+            let published = members
+                .members()
+                .iter()
+                .all(|m| !m.client_urls().is_empty());
+            if published && members.members().len() == 3 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", members.members()))
+            }
+        })
+        .await;
+    let mut client = cluster.client(leader).await;
+    client
+        .put("kept", "yes", None)
+        .await
+        .expect("write before the loss");
+
+    cluster.kill(lost);
+    std::fs::remove_dir_all(&cluster.nodes[lost].data_dir).expect("wipe the data directory");
+    cluster.restart(lost);
+
+    let deadline = Instant::now() + SETTLE_WAIT;
+    let status = loop {
+        if let Some(status) = cluster.nodes[lost].unexpected_exit() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the wiped member kept running\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "the wiped member exited with {status}");
+    let log = cluster.nodes[lost].log();
+    assert!(
+        log.contains("has already been bootstrapped"),
+        "{}",
+        cluster.nodes[lost].log_tail(5)
+    );
+    cluster.nodes[lost].kill(); // reap it, so the harness does not report an unexpected exit
+
+    let read = client
+        .get("kept", None)
+        .await
+        .expect("the other two keep serving");
+    assert_eq!(read.kvs()[0].value(), b"yes");
+}

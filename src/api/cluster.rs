@@ -39,7 +39,12 @@ impl ClusterService {
                 id: *id,
                 name: member.name.clone(),
                 peer_ur_ls: vec![member.peer_url.clone()],
-                client_ur_ls: vec![member.client_url.clone()],
+                // Empty until the member has started and published its client URL, as in etcd.
+                client_ur_ls: if member.client_url.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![member.client_url.clone()]
+                },
                 is_learner: !voters.contains(id),
             })
             .collect()

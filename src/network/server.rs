@@ -62,6 +62,9 @@ pub enum ReadIndexError {
 
 pub type ReadIndexReply = Result<ReadLogId<TypeConfig>, ReadIndexError>;
 
+/// Whether a node has Raft state, and the members it knows by id.
+pub type MembersReply = (bool, BTreeMap<NodeId, Member>);
+
 pub struct PeerService {
     raft: Raft,
     faults: Faults,
@@ -264,6 +267,26 @@ impl Peer for PeerService {
             .await
             .map_err(|e| Status::unavailable(format!("cannot publish member: {e}")))?;
         reply(&())
+    }
+
+    /// What this node knows of the membership, and whether it has any Raft state at all.
+    async fn members(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request)?;
+        let initialized = self.raft.is_initialized().await.map_err(fatal)?;
+        let members: MembersReply = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            let nodes = metrics
+                .membership_config
+                .nodes()
+                .map(|(id, member)| (*id, member.clone()))
+                .collect();
+            (initialized, nodes)
+        };
+        reply(&members)
     }
 
     /// Test seam: replaces the set of cut links. Refused unless the node was started with
