@@ -906,6 +906,13 @@ async fn without_a_quorum_requests_fail_unavailable_within_a_bounded_time() {
         .expect("write with a quorum");
 
     let survivor = cluster.followers(leader)[0];
+    // A linearizable read on the survivor makes sure it has applied the write before the others go.
+    let mut on_survivor = cluster.client(survivor).await;
+    let seen = on_survivor
+        .get("quorum", None)
+        .await
+        .expect("read on the survivor");
+    assert_eq!(seen.kvs()[0].value(), b"before");
     for index in 0..3 {
         if index != survivor {
             cluster.kill(index);
