@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::Subcommand;
+use quorumdb::config::NodeConfig;
 use quorumdb::config::ServerArgs;
 use quorumdb::node::Node;
 use tracing_subscriber::EnvFilter;
@@ -71,20 +72,13 @@ fn run_local_cluster(data_dir: PathBuf) -> ExitCode {
             initial_cluster: Some(initial_cluster.clone()),
             ..ServerArgs::default()
         };
-        match args.into_config() {
+        match config(args) {
             Ok(config) => configs.push(config),
-            Err(e) => {
-                eprintln!("quorumdb: {e}");
-                return ExitCode::from(2);
-            }
+            Err(code) => return code,
         }
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("quorumdb: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let mut nodes = Vec::new();
@@ -114,19 +108,12 @@ fn run_local_cluster(data_dir: PathBuf) -> ExitCode {
 }
 
 fn run_server(args: ServerArgs) -> ExitCode {
-    let config = match args.into_config() {
+    let config = match config(args) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("quorumdb: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("quorumdb: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let node = match Node::start(config).await {
@@ -139,6 +126,20 @@ fn run_server(args: ServerArgs) -> ExitCode {
         node.run_until(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// A validated configuration, or exit code 2 (usage) after printing why.
+fn config(args: ServerArgs) -> Result<NodeConfig, ExitCode> {
+    args.into_config().map_err(|e| {
+        eprintln!("quorumdb: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new()
+        .inspect_err(|e| eprintln!("quorumdb: cannot start the async runtime: {e}"))
+        .ok()
 }
 
 /// Ctrl-C or SIGTERM: both stop the node cleanly.

@@ -71,9 +71,7 @@ impl Consensus {
 
     /// Whether a membership change is still in flight (uncommitted): openraft refuses another.
     pub fn membership_change_in_flight(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        metrics.membership_config.log_id() != metrics.committed_membership_config.log_id()
+        crate::network::membership_change_in_flight(&self.raft)
     }
 
     /// The leader as this node sees it, if it has one and knows its address.

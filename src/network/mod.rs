@@ -26,6 +26,7 @@ pub use server::MembersReply;
 pub use server::PeerService;
 pub use server::ReadIndexError;
 pub use server::ReadIndexReply;
+pub use server::membership_change_in_flight;
 
 /// gRPC metadata key carrying the sending node's id on every peer call.
 pub const FROM_NODE_METADATA: &str = "x-quorumdb-from";

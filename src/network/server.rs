@@ -65,6 +65,13 @@ pub type ReadIndexReply = Result<ReadLogId<TypeConfig>, ReadIndexError>;
 /// Whether a node has Raft state, and the members it knows by id.
 pub type MembersReply = (bool, BTreeMap<NodeId, Member>);
 
+/// Whether a membership change is still uncommitted: openraft refuses another until it commits.
+pub fn membership_change_in_flight(raft: &Raft) -> bool {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow_watched();
+    metrics.membership_config.log_id() != metrics.committed_membership_config.log_id()
+}
+
 pub struct PeerService {
     raft: Raft,
     faults: Faults,
@@ -251,12 +258,7 @@ impl Peer for PeerService {
         if !self.raft.is_leader() {
             return Err(Status::failed_precondition("etcdserver: not leader"));
         }
-        let in_flight = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow_watched();
-            metrics.membership_config.log_id() != metrics.committed_membership_config.log_id()
-        };
-        if in_flight {
+        if membership_change_in_flight(&self.raft) {
             return Err(Status::unavailable(
                 "a membership change is in flight; retry",
             ));
