@@ -194,9 +194,12 @@ impl Node {
             let cluster = api::cluster::ClusterService::new(context.clone()).into_server();
             let maintenance =
                 api::maintenance::MaintenanceService::new(context.clone()).into_server();
+            // grpc.health.v1 with "" SERVING, as etcd registers it: some tooling probes it.
+            let (_, health) = tonic_health::server::health_reporter();
             let shutdown = wait_for_stop(stopped.clone());
             servers.push(tokio::spawn(async move {
                 let served = tonic::transport::Server::builder()
+                    .add_service(health)
                     .add_service(kv)
                     .add_service(cluster)
                     .add_service(maintenance)

@@ -1161,3 +1161,28 @@ async fn etcdctl_endpoint_status_cluster_reaches_every_member_by_its_client_url(
     })
     .await;
 }
+
+/// Like etcd, every client port serves the standard gRPC health service with "" SERVING, so
+/// generic gRPC tooling (grpc_health_probe, load balancers) can check a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_health_service_reports_serving() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let cluster = common::Cluster::start(1);
+    cluster.wait_for_leader().await;
+    let channel = tonic::transport::Endpoint::from_shared(cluster.nodes[0].client_url())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the client port");
+    let mut health = HealthClient::new(channel);
+    let response = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health check");
+    assert_eq!(response.into_inner().status(), ServingStatus::Serving);
+}
