@@ -237,3 +237,46 @@ impl Consensus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::never_delivered;
+    use crate::network::Faults;
+    use crate::network::Peers;
+    use crate::pb::peer::RaftMessage;
+
+    /// Pins how tonic reports a refused connection: the write-retry decision depends on it, and
+    /// a tonic or hyper upgrade could change the wording (then this fails, not a silent retry).
+    #[tokio::test]
+    async fn a_refused_connection_is_classified_as_never_delivered() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        }; // closed again: nothing listens there now
+        let peers = Peers::new(1, Faults::default());
+        let mut client = peers
+            .client(2, &format!("http://127.0.0.1:{port}"))
+            .unwrap();
+        let request = peers.request(RaftMessage { payload: vec![] }, Duration::from_secs(2));
+        let status = client
+            .forward_write(request)
+            .await
+            .expect_err("nothing listens");
+        assert!(never_delivered(&status), "{status:?}");
+    }
+
+    #[test]
+    fn a_timeout_or_reset_is_not_classified_as_never_delivered() {
+        assert!(!never_delivered(&tonic::Status::deadline_exceeded(
+            "deadline"
+        )));
+        assert!(!never_delivered(&tonic::Status::unavailable(
+            "error reading a body from connection"
+        )));
+        assert!(!never_delivered(&tonic::Status::cancelled(
+            "operation was canceled"
+        )));
+    }
+}
