@@ -8,12 +8,14 @@
 //! - [`store`]: the only module that knows sled: Raft log, MVCC state machine, snapshots.
 //! - [`network`]: the Raft peer transport over gRPC, with a fault seam for tests.
 //! - [`api`]: the etcd v3 gRPC services clients talk to.
+//! - [`bench`]: `quorumdb bench`, a load generator over the etcd v3 API (QuorumDB or etcd).
 //! - [`codec`]: the binary format of our own data (log, snapshots, peer payloads).
 //! - [`config`]: node configuration from flags, environment and TOML, validated once.
 //! - [`node`]: wiring: open store, start Raft, serve, shut down cleanly.
 //! - [`pb`]: generated protobuf code (etcd v3 client API and our peer service).
 
 pub mod api;
+pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod limits;

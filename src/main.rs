@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::Subcommand;
+use quorumdb::bench::BenchArgs;
 use quorumdb::config::NodeConfig;
 use quorumdb::config::ServerArgs;
 use quorumdb::node::Node;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run a QuorumDB node.
     Server(Box<ServerArgs>),
+    /// Load-test a cluster (QuorumDB or etcd) over the etcd v3 API; prints QPS and latencies.
+    Bench(Box<BenchArgs>),
     /// Run a local three-node cluster in this process (clients on 127.0.0.1:2379, 22379, 32379),
     /// data under DATA_DIR/n1..n3. Ctrl-C stops it cleanly; starting it again keeps the data.
     LocalCluster {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Server(args) => run_server(*args),
         Command::LocalCluster { data_dir } => run_local_cluster(data_dir),
+        Command::Bench(args) => run_bench(*args),
     }
 }
 
@@ -126,6 +130,34 @@ fn run_server(args: ServerArgs) -> ExitCode {
         node.run_until(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+fn run_bench(args: BenchArgs) -> ExitCode {
+    let json = args.json;
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(quorumdb::bench::run(args)) {
+        Ok(report) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("a report serializes")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!("{}", report.to_text());
+            ExitCode::SUCCESS
+        }
+        Err(e @ quorumdb::bench::BenchError::Invalid(_)) => {
+            eprintln!("quorumdb: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("quorumdb: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A validated configuration, or exit code 2 (usage) after printing why.

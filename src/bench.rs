@@ -1,0 +1,451 @@
+//! `quorumdb bench`: a load generator over the etcd v3 KV API. It speaks only the public wire
+//! API, so the same run works against QuorumDB and against etcd.
+//!
+//! ```text
+//! clients (tasks) --round robin--> connections (gRPC channels) --round robin--> endpoints
+//! each client: loop { pick key (sequential or seeded random) -> one request -> record latency }
+//! until the total count or the duration is reached; then merge latencies -> report
+//! ```
+//!
+//! Every run is bounded (`BENCH_DURATION_SECS_MAX`, a per-request timeout) and reproducible in
+//! its key choice from `--seed` (printed in the report).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use serde::Serialize;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+use crate::pb::etcdserverpb as etcd;
+use crate::pb::etcdserverpb::kv_client::KvClient;
+use crate::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+
+/// Longest run accepted: a benchmark is never an unbounded load loop.
+pub const BENCH_DURATION_SECS_MAX: f64 = 3600.0;
+/// Most concurrent clients and connections accepted.
+pub const BENCH_CLIENTS_MAX: usize = 10_000;
+pub const BENCH_CONNECTIONS_MAX: usize = 1_000;
+/// A request that takes longer counts as an error (`deadline`).
+pub const BENCH_REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Put of one key per request.
+    Put,
+    /// Linearizable Range of one key.
+    RangeLinearizable,
+    /// Serializable Range of one key.
+    RangeSerializable,
+    /// A Txn with one Put and no compare.
+    TxnPut,
+    /// Linearizable Range or Put, reads in the `--read-ratio` proportion.
+    Mixed,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Comma-separated client URLs (http://host:port).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub endpoints: String,
+    /// gRPC connections, spread round robin over the endpoints.
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    /// Concurrent clients, spread round robin over the connections.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// Stop after this many requests in total (default: run for --duration).
+    #[arg(long)]
+    pub total: Option<u64>,
+    /// Seconds to run when --total is not given.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    #[arg(long, value_enum, default_value = "put")]
+    pub workload: Workload,
+    /// Bytes per key.
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256)]
+    pub val_size: usize,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub key_space: u64,
+    /// Walk the key space in order instead of picking keys at random.
+    #[arg(long)]
+    pub sequential_keys: bool,
+    /// Share of reads in the mixed workload, 0.0 to 1.0.
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
+    /// Send requests only to endpoints that are not the leader (by Maintenance.Status).
+    #[arg(long)]
+    pub follower_only: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Seed of the key choice (default: from the clock; printed in the report).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("invalid benchmark: {0}")]
+    Invalid(String),
+    #[error("cannot reach {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LatencyMs {
+    pub min: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// The result of a run; the JSON field names are stable for scripts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub workload: Workload,
+    pub endpoints: Vec<String>,
+    pub conns: usize,
+    pub clients: usize,
+    pub seed: u64,
+    pub requests_ok: u64,
+    /// Failed requests by gRPC code name.
+    pub errors: BTreeMap<String, u64>,
+    pub duration_secs: f64,
+    pub qps: f64,
+    pub latency_ms: LatencyMs,
+}
+
+/// splitmix64: a tiny, well-mixed generator; enough to pick keys reproducibly.
+struct KeyRandom(u64);
+
+impl KeyRandom {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+/// Key number `n` as exactly `size` bytes: zero-padded decimal, so keys sort like numbers.
+fn key(n: u64, size: usize) -> Vec<u8> {
+    let digits = format!("{n:0size$}");
+    digits.as_bytes()[digits.len() - size..].to_vec()
+}
+
+/// Percentiles of sorted latencies (microseconds) by the nearest-rank rule.
+fn percentiles(sorted_micros: &[u64]) -> LatencyMs {
+    if sorted_micros.is_empty() {
+        return LatencyMs::default();
+    }
+    let at = |q: f64| {
+        let rank = ((q * sorted_micros.len() as f64).ceil() as usize).clamp(1, sorted_micros.len());
+        sorted_micros[rank - 1] as f64 / 1000.0
+    };
+    LatencyMs {
+        min: sorted_micros[0] as f64 / 1000.0,
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: sorted_micros[sorted_micros.len() - 1] as f64 / 1000.0,
+    }
+}
+
+impl BenchArgs {
+    fn validate(&self) -> Result<Vec<String>, BenchError> {
+        let invalid = |m: String| Err(BenchError::Invalid(m));
+        let endpoints: Vec<String> = self
+            .endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(String::from)
+            .collect();
+        if endpoints.is_empty() {
+            return invalid("--endpoints is empty".into());
+        }
+        if self.clients == 0 || self.clients > BENCH_CLIENTS_MAX {
+            return invalid(format!(
+                "--clients must be between 1 and {BENCH_CLIENTS_MAX}"
+            ));
+        }
+        if self.conns == 0 || self.conns > BENCH_CONNECTIONS_MAX {
+            return invalid(format!(
+                "--conns must be between 1 and {BENCH_CONNECTIONS_MAX}"
+            ));
+        }
+        if self.total.is_none()
+            && !(self.duration > 0.0 && self.duration <= BENCH_DURATION_SECS_MAX)
+        {
+            return invalid(format!(
+                "--duration must be more than 0 and at most {BENCH_DURATION_SECS_MAX} seconds"
+            ));
+        }
+        if self.total == Some(0) {
+            return invalid("--total must be positive".into());
+        }
+        if self.key_size == 0 || self.key_space == 0 {
+            return invalid("--key-size and --key-space must be positive".into());
+        }
+        if self.key_space.to_string().len() > self.key_size {
+            return invalid(format!(
+                "--key-size {} bytes cannot hold {} distinct keys",
+                self.key_size, self.key_space
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.read_ratio) {
+            return invalid("--read-ratio must be between 0.0 and 1.0".into());
+        }
+        Ok(endpoints)
+    }
+}
+
+async fn connect(endpoint: &str) -> Result<Channel, BenchError> {
+    let connect_error = |reason: String| BenchError::Connect {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| connect_error(e.to_string()))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| connect_error(e.to_string()))
+}
+
+/// The endpoints whose member is not the leader, by asking each for its status.
+async fn followers(endpoints: &[String]) -> Result<Vec<String>, BenchError> {
+    let mut followers = Vec::new();
+    for endpoint in endpoints {
+        let mut client = MaintenanceClient::new(connect(endpoint).await?);
+        let status = client
+            .status(etcd::StatusRequest {})
+            .await
+            .map_err(|e| BenchError::Connect {
+                endpoint: endpoint.clone(),
+                reason: e.to_string(),
+            })?
+            .into_inner();
+        let member = status.header.map_or(0, |h| h.member_id);
+        if status.leader != member {
+            followers.push(endpoint.clone());
+        }
+    }
+    if followers.is_empty() {
+        return Err(BenchError::Invalid(
+            "--follower-only: no endpoint is a follower".into(),
+        ));
+    }
+    Ok(followers)
+}
+
+/// One request of the workload; `Err` carries the gRPC code name.
+async fn request(
+    client: &mut KvClient<Channel>,
+    args: &BenchArgs,
+    key: Vec<u8>,
+    read: bool,
+) -> Result<(), String> {
+    let value = vec![b'v'; args.val_size];
+    let timeout = Duration::from_millis(BENCH_REQUEST_TIMEOUT_MS);
+    let put = etcd::PutRequest {
+        key: key.clone(),
+        value,
+        ..Default::default()
+    };
+    let range = |serializable| etcd::RangeRequest {
+        key: key.clone(),
+        serializable,
+        ..Default::default()
+    };
+    let outcome = match (args.workload, read) {
+        (Workload::Put, _) | (Workload::Mixed, false) => {
+            let mut r = tonic::Request::new(put);
+            r.set_timeout(timeout);
+            client.put(r).await.map(|_| ())
+        }
+        (Workload::RangeLinearizable, _) | (Workload::Mixed, true) => {
+            let mut r = tonic::Request::new(range(false));
+            r.set_timeout(timeout);
+            client.range(r).await.map(|_| ())
+        }
+        (Workload::RangeSerializable, _) => {
+            let mut r = tonic::Request::new(range(true));
+            r.set_timeout(timeout);
+            client.range(r).await.map(|_| ())
+        }
+        (Workload::TxnPut, _) => {
+            let txn = etcd::TxnRequest {
+                compare: Vec::new(),
+                success: vec![etcd::RequestOp {
+                    request: Some(etcd::request_op::Request::RequestPut(put)),
+                }],
+                failure: Vec::new(),
+            };
+            let mut r = tonic::Request::new(txn);
+            r.set_timeout(timeout);
+            client.txn(r).await.map(|_| ())
+        }
+    };
+    outcome.map_err(|status| format!("{:?}", status.code()))
+}
+
+/// Runs the benchmark to completion and reports it.
+pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
+    let mut endpoints = args.validate()?;
+    if args.follower_only {
+        endpoints = followers(&endpoints).await?;
+    }
+    let mut channels = Vec::with_capacity(args.conns);
+    for i in 0..args.conns {
+        channels.push(connect(&endpoints[i % endpoints.len()]).await?);
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let args = Arc::new(args);
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.duration.min(BENCH_DURATION_SECS_MAX));
+
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|client_index| {
+            let mut client = KvClient::new(channels[client_index % channels.len()].clone())
+                .max_decoding_message_size(usize::MAX);
+            let args = args.clone();
+            let issued = issued.clone();
+            let mut random =
+                KeyRandom(seed ^ (client_index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                loop {
+                    let n = issued.fetch_add(1, Ordering::Relaxed);
+                    match args.total {
+                        Some(total) if n >= total => break,
+                        None if Instant::now() >= deadline => break,
+                        _ => {}
+                    }
+                    let key_number = if args.sequential_keys {
+                        n % args.key_space
+                    } else {
+                        random.below(args.key_space)
+                    };
+                    let read = (random.next() as f64 / u64::MAX as f64) < args.read_ratio;
+                    let sent = Instant::now();
+                    match request(&mut client, &args, key(key_number, args.key_size), read).await {
+                        Ok(()) => latencies.push(sent.elapsed().as_micros() as u64),
+                        Err(code) => *errors.entry(code).or_default() += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+
+    let mut latencies = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for task in tasks {
+        let (client_latencies, client_errors) = task.await.expect("benchmark client task");
+        latencies.extend(client_latencies);
+        for (code, count) in client_errors {
+            *errors.entry(code).or_default() += count;
+        }
+    }
+    let duration_secs = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    Ok(Report {
+        workload: args.workload,
+        endpoints,
+        conns: args.conns,
+        clients: args.clients,
+        seed,
+        requests_ok: latencies.len() as u64,
+        errors,
+        duration_secs,
+        qps: latencies.len() as f64 / duration_secs,
+        latency_ms: percentiles(&latencies),
+    })
+}
+
+impl Report {
+    /// The human-readable summary.
+    pub fn to_text(&self) -> String {
+        let l = &self.latency_ms;
+        let errors: u64 = self.errors.values().sum();
+        format!(
+            "workload {:?}, {} clients over {} connections, seed {}\n\
+             requests ok {} in {:.2} s: {:.0} requests/s, errors {} {:?}\n\
+             latency ms: min {:.3}  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            self.workload,
+            self.clients,
+            self.conns,
+            self.seed,
+            self.requests_ok,
+            self.duration_secs,
+            self.qps,
+            errors,
+            self.errors,
+            l.min,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_follow_the_nearest_rank_rule() {
+        let micros: Vec<u64> = (1..=1000).map(|i| i * 1000).collect();
+        let p = percentiles(&micros);
+        assert_eq!(
+            (p.min, p.p50, p.p90, p.p99, p.p999, p.max),
+            (1.0, 500.0, 900.0, 990.0, 999.0, 1000.0)
+        );
+        assert_eq!(percentiles(&[]), LatencyMs::default());
+    }
+
+    #[test]
+    fn keys_are_fixed_width_and_sort_like_numbers() {
+        assert_eq!(key(42, 8), b"00000042".to_vec());
+        assert!(key(9, 4) < key(10, 4));
+    }
+
+    #[test]
+    fn the_key_choice_replays_from_the_seed() {
+        let draw = |seed| {
+            let mut r = KeyRandom(seed);
+            (0..5).map(|_| r.below(1000)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+}
