@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Side by side on this machine: a three-member etcd (Debian's etcd-server) and a three-node
+# QuorumDB, both on loopback with fsync'd logs, driven by the same `quorumdb bench` matrix over
+# the etcd v3 API. Systems alternate A B A B on fresh clusters; the table gives medians per row,
+# the QuorumDB/etcd ratio, host CPU-milliseconds per 1,000 requests (all three members) and the
+# peak RSS of the largest member.
+#
+#   bench/compare-etcd.sh                      # ROUNDS=2 DURATION=10 by default
+#   ROUNDS=3 DURATION=20 bench/compare-etcd.sh
+#
+# Every process it starts is killed by pid on exit; data lives in a temporary folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-10}
+KEY_SPACE=10000
+OUT=${OUT:-bench/results/$(date -u +%Y-%m-%d)-compare-etcd.md}
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+cargo build --release --locked --quiet
+BIN=$PWD/target/release/quorumdb
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+CLIENT_PORTS=(24379 25379 26379)
+PEER_PORTS=(24380 25380 26380)
+ENDPOINTS=$(printf 'http://127.0.0.1:%s,' "${CLIENT_PORTS[@]}"); ENDPOINTS=${ENDPOINTS%,}
+MEMBERS=()
+
+start_cluster() { # $1 = etcd | quorumdb, $2 = data folder
+  local system=$1 data=$2 cluster="" i
+  MEMBERS=()
+  for i in 0 1 2; do cluster+="m$i=http://127.0.0.1:${PEER_PORTS[$i]},"; done
+  cluster=${cluster%,}
+  for i in 0 1 2; do
+    local client="http://127.0.0.1:${CLIENT_PORTS[$i]}" peer="http://127.0.0.1:${PEER_PORTS[$i]}"
+    if [ "$system" = etcd ]; then
+      etcd --name "m$i" --data-dir "$data/m$i" --listen-client-urls "$client" --advertise-client-urls "$client" \
+        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" --initial-cluster "$cluster" \
+        --initial-cluster-state new --log-level error >"$data/m$i.log" 2>&1 &
+    else
+      "$BIN" server --name "m$i" --data-dir "$data/m$i" --listen-client-urls "$client" \
+        --listen-peer-urls "$peer" --initial-cluster "$cluster" >"$data/m$i.log" 2>&1 &
+    fi
+    PIDS+=($!); MEMBERS+=($!)
+  done
+  for _ in $(seq 1 100); do
+    if etcdctl --endpoints="${ENDPOINTS//http:\/\//}" endpoint health >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  echo "$system did not become healthy; logs in $data" >&2
+  exit 1
+}
+
+stop_cluster() {
+  local pid
+  for pid in "${MEMBERS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${MEMBERS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+
+leader_endpoint() {
+  etcdctl --endpoints="${ENDPOINTS//http:\/\//}" endpoint status -w json | python3 -c '
+import json, sys
+for s in json.load(sys.stdin):
+    if s["Status"]["leader"] == s["Status"]["header"]["member_id"]:
+        print("http://" + s["Endpoint"]); break'
+}
+
+cpu_ticks() { local total=0 pid; for pid in "${MEMBERS[@]}"; do
+  total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$total"; }
+peak_rss_kib() { local peak=0 pid rss; for pid in "${MEMBERS[@]}"; do
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status"); [ "$rss" -gt "$peak" ] && peak=$rss; done; echo "$peak"; }
+
+# name workload clients conns target
+MATRIX="put-1 put 1 1 all
+put-16 put 16 4 all
+put-64 put 64 8 all
+put-256 put 256 16 all
+put-1000 put 1000 32 all
+get-linearizable-leader-1 range-linearizable 1 1 leader
+get-linearizable-leader-1000 range-linearizable 1000 32 leader
+get-linearizable-follower-1 range-linearizable 1 1 followers
+get-linearizable-follower-1000 range-linearizable 1000 32 followers
+get-serializable-1 range-serializable 1 1 all
+get-serializable-1000 range-serializable 1000 32 all"
+
+RESULTS=$WORK/results.jsonl
+TICKS_PER_SECOND=$(getconf CLK_TCK)
+for round in $(seq 1 "$ROUNDS"); do
+  for system in quorumdb etcd; do
+    data=$WORK/$system-$round; mkdir -p "$data"
+    echo "round $round: $system" >&2
+    start_cluster "$system" "$data"
+    # Reads must find their keys: write the whole key space once.
+    "$BIN" bench --endpoints "$ENDPOINTS" --workload put --total "$KEY_SPACE" --sequential-keys \
+      --key-space "$KEY_SPACE" --clients 64 --conns 8 --json >/dev/null
+    while read -r name workload clients conns target; do
+      endpoints=$ENDPOINTS; extra=()
+      case $target in
+        leader) endpoints=$(leader_endpoint) ;;
+        followers) extra=(--follower-only) ;;
+      esac
+      before=$(cpu_ticks)
+      report=$("$BIN" bench --endpoints "$endpoints" --workload "$workload" --clients "$clients" --conns "$conns" \
+        --duration "$DURATION" --key-space "$KEY_SPACE" --seed "$round" --json "${extra[@]}")
+      after=$(cpu_ticks)
+      echo "$report" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+name, system, round_, ticks, hz, rss = sys.argv[1:7]
+cpu_ms = int(ticks) * 1000.0 / int(hz)
+print(json.dumps({"row": name, "system": system, "round": int(round_), "qps": r["qps"],
+  "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
+  "errors": sum(r["errors"].values()),
+  "cpu_ms_per_1k": cpu_ms / max(r["requests_ok"], 1) * 1000, "rss_mib": int(rss) / 1024}))' \
+        "$name" "$system" "$round" "$((after - before))" "$TICKS_PER_SECOND" "$(peak_rss_kib)" >>"$RESULTS"
+      echo "  $name done" >&2
+    done <<<"$MATRIX"
+    stop_cluster
+  done
+done
+
+mkdir -p "$(dirname "$OUT")"
+python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$(git rev-parse --short HEAD)" "$(nproc)" \
+  "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)" "$(etcd --version | head -1)" <<'PY'
+import json, statistics, sys, datetime
+path, out, rounds, duration, commit, cores, cpu, etcd = sys.argv[1:9]
+rows = {}
+for line in open(path):
+    r = json.loads(line)
+    rows.setdefault(r["row"], {}).setdefault(r["system"], []).append(r)
+def med(items, key):
+    return statistics.median(x[key] for x in items)
+lines = [
+    f"# QuorumDB vs etcd, side by side ({datetime.date.today().isoformat()})", "",
+    f"- commit {commit}; {etcd}; {cores} cores ({cpu}); loopback; 3 members each; fsync'd logs",
+    f"- {rounds} rounds alternating QuorumDB, etcd on fresh clusters; {duration} s per row; 8-byte keys,",
+    "  256-byte values, 10,000 keys written before the reads; medians over rounds",
+    "- CPU = host CPU-ms of all three members per 1,000 requests; RSS = peak of the largest member", "",
+    "| row | QuorumDB req/s | etcd req/s | ratio | QuorumDB p50 / p99 ms | etcd p50 / p99 ms | QuorumDB CPU-ms/1k | etcd CPU-ms/1k | QuorumDB RSS MiB | etcd RSS MiB | errors Q/E |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+]
+for name, by in rows.items():
+    q, e = by["quorumdb"], by["etcd"]
+    ratio = med(q, "qps") / med(e, "qps") if med(e, "qps") else float("nan")
+    lines.append(
+        f"| {name} | {med(q,'qps'):.0f} | {med(e,'qps'):.0f} | {ratio:.2f} | "
+        f"{med(q,'p50'):.2f} / {med(q,'p99'):.2f} | {med(e,'p50'):.2f} / {med(e,'p99'):.2f} | "
+        f"{med(q,'cpu_ms_per_1k'):.0f} | {med(e,'cpu_ms_per_1k'):.0f} | {max(x['rss_mib'] for x in q):.0f} | "
+        f"{max(x['rss_mib'] for x in e):.0f} | {sum(x['errors'] for x in q)}/{sum(x['errors'] for x in e)} |")
+open(out, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+echo "written to $OUT" >&2
