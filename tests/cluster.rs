@@ -68,6 +68,22 @@ fn single(response: &GetResponse, what: &str) -> Record {
 }
 
 /// A linearizable prefix range on `node`, retried while the cluster settles.
+/// A linearizable get of `key` on node `node`, retried until it succeeds (bounded by SETTLE_WAIT).
+async fn eventually_get(cluster: &Cluster, node: usize, key: &str) -> GetResponse {
+    let client = cluster.client(node).await;
+    cluster
+        .eventually(
+            SETTLE_WAIT,
+            &format!("linearizable get {key} on n{}", node + 1),
+            || {
+                let mut client = client.clone();
+                let key = key.to_string();
+                async move { client.get(key, None).await.map_err(|e| e.to_string()) }
+            },
+        )
+        .await
+}
+
 async fn prefix_records(cluster: &Cluster, node: usize, prefix: &str) -> (Vec<Record>, i64) {
     let client = cluster.client(node).await;
     let what = format!("linearizable range {prefix:?} on n{}", node + 1);
@@ -154,17 +170,7 @@ async fn puts_through_followers_are_forwarded_and_revisions_follow_etcd_rules_on
     async fn agreed_get(cluster: &Cluster, expected_revision: i64) -> Option<Record> {
         let mut seen = Vec::new();
         for node in 0..3 {
-            let client = cluster.client(node).await;
-            let response = cluster
-                .eventually(
-                    SETTLE_WAIT,
-                    &format!("linearizable get {KEY} on n{}", node + 1),
-                    || {
-                        let mut client = client.clone();
-                        async move { client.get(KEY, None).await.map_err(|e| e.to_string()) }
-                    },
-                )
-                .await;
+            let response = eventually_get(cluster, node, KEY).await;
             assert_eq!(
                 revision(response.header()),
                 expected_revision,
@@ -333,17 +339,7 @@ async fn exactly_one_of_concurrent_compare_and_swaps_on_the_same_value_wins() {
     }
 
     for node in 0..3 {
-        let client = cluster.client(node).await;
-        let response = cluster
-            .eventually(
-                SETTLE_WAIT,
-                &format!("linearizable get {KEY} on n{}", node + 1),
-                || {
-                    let mut client = client.clone();
-                    async move { client.get(KEY, None).await.map_err(|e| e.to_string()) }
-                },
-            )
-            .await;
+        let response = eventually_get(&cluster, node, KEY).await;
         let kv = single(&response, "final value");
         assert_eq!(kv.value, winner_value, "final value on n{}", node + 1);
         assert_eq!(kv.version, 2, "one initial put and one swap");
@@ -713,17 +709,7 @@ async fn a_follower_down_during_10000_writes_catches_up_after_restart() {
     // Linearizable reads work on it too, and see exactly what the leader wrote.
     for i in [0, rng.below(WRITES), WRITES - 1] {
         let key = format!("{PREFIX}{i:05}");
-        let response = cluster
-            .eventually(
-                SETTLE_WAIT,
-                &format!("linearizable get {key} on n{}", down + 1),
-                || {
-                    let mut client = caught_up.clone();
-                    let key = key.clone();
-                    async move { client.get(key, None).await.map_err(|e| e.to_string()) }
-                },
-            )
-            .await;
+        let response = eventually_get(&cluster, down, &key).await;
         assert_eq!(
             single(&response, &key).value,
             format!("value-{i}"),
