@@ -50,6 +50,22 @@ pub const APPEND_ENTRIES_PER_RPC_MAX: u64 = 64;
 /// gRPC decode limit on the peer service (append batches, forwarded writes, snapshot chunks).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 512 * 1024 * 1024;
 
+/// Responses of numbered (exactly-once) writes kept per client: a client keeps at most this many
+/// writes in flight, so every write it may still retry is remembered.
+pub const CLIENT_SESSION_WINDOW: usize = 128;
+
+/// Client sessions kept at most; beyond it the least recently used one is dropped (its client is
+/// told, never silently re-applied). Bounds the state machine's memory and snapshot size.
+pub const CLIENT_SESSIONS_MAX: usize = 10_000;
+
+/// A client session untouched for this many log entries is dropped: a client that was silent
+/// that long has long since given up on any write it was retrying.
+pub const CLIENT_SESSION_IDLE_LOG_ENTRIES: u64 = 1_000_000;
+
+/// How long a read asking for a minimum revision (session consistency) waits for this member to
+/// apply it before it fails; as long as a follower's wait for a read index.
+pub const MIN_REVISION_WAIT_MS_MAX: u64 = READ_INDEX_APPLY_WAIT_MS_MAX;
+
 const _: () = assert!(ELECTION_TIMEOUT_MS_MIN > 3 * HEARTBEAT_INTERVAL_MS);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES < PEER_MESSAGE_BYTES_MAX);
 const _: () = assert!(

@@ -186,6 +186,7 @@ impl Node {
             cluster_id: config.cluster_id,
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,
+            faults: faults.clone(),
         };
         for url in &config.listen_client_urls {
             let listener = bind(url).await?;

@@ -169,6 +169,24 @@ pub enum Command {
     Compact {
         revision: i64,
     },
+    /// A client's numbered write (exactly-once): `command` (a Put, Delete or Txn) is applied at
+    /// most once per `(client, seq)`; a repeat answers the first application's response.
+    Numbered {
+        write: ClientWrite,
+        command: Box<Command>,
+    },
+}
+
+/// Who sent a numbered write, and which of its writes it is (QuorumDB's exactly-once writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientWrite {
+    /// The client's id, chosen at random by the client; never 0.
+    pub client: u64,
+    /// The write's number within the client's session, from 1.
+    pub seq: u64,
+    /// Every write of this client numbered below `ack` has been answered to its caller: the
+    /// state machine may forget their responses. Never above `seq`.
+    pub ack: u64,
 }
 
 impl fmt::Display for Command {
@@ -184,6 +202,13 @@ impl fmt::Display for Command {
                 op.failure.len()
             ),
             Command::Compact { revision } => write!(f, "compact({revision})"),
+            Command::Numbered { write, command } => {
+                write!(
+                    f,
+                    "{command} as write {} of client {:x}",
+                    write.seq, write.client
+                )
+            }
         }
     }
 }
@@ -247,6 +272,12 @@ pub enum KvError {
     /// Leases are not implemented yet; a Put naming one is refused.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A numbered write the client's session no longer remembers (below its window, or the
+    /// session expired): it was NOT applied now, and whether an earlier copy was is unknown.
+    #[error(
+        "quorumdb: client session {client:x} no longer holds write {seq} (older than its window or expired); not applied now, use a new client id"
+    )]
+    ClientSessionForgotten { client: u64, seq: u64 },
 }
 
 /// The applied result of a log entry. `revision` is the store revision after the entry (the new

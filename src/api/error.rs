@@ -56,6 +56,17 @@ pub enum ApiError {
     RangeStreamUnsupported,
     #[error("{0}")]
     Internal(String),
+    /// A QuorumDB metadata key (exactly-once writes, session reads) with a bad value.
+    #[error("quorumdb: invalid metadata {key}: {reason}")]
+    InvalidMetadata { key: &'static str, reason: String },
+    /// A session read asked for a revision this member did not apply in time.
+    #[error(
+        "quorumdb: timed out waiting for revision {wanted} (this member has applied revision {applied})"
+    )]
+    MinRevisionTimeout { wanted: i64, applied: i64 },
+    /// The fault seam dropped the answer to an applied write (tests only).
+    #[error("quorumdb: response dropped by fault injection")]
+    ResponseDropped,
 }
 
 impl From<ApiError> for Status {
@@ -63,16 +74,27 @@ impl From<ApiError> for Status {
         use ApiError::*;
         let message = error.to_string();
         match error {
-            EmptyKey | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge | InvalidSortOption | EmptyRequestOp | InvalidCompare(_) => {
-                Status::invalid_argument(message)
-            }
+            EmptyKey
+            | ValueProvided
+            | LeaseProvided
+            | TooManyOps
+            | DuplicateKey
+            | RequestTooLarge
+            | InvalidSortOption
+            | EmptyRequestOp
+            | InvalidCompare(_)
+            | InvalidMetadata { .. } => Status::invalid_argument(message),
             Kv(KvError::Compacted | KvError::FutureRevision) => Status::out_of_range(message),
             Kv(KvError::KeyNotFound) => Status::invalid_argument(message),
             Kv(KvError::LeaseNotFound) | MemberNotFound => Status::not_found(message),
-            NoLeader | LeaderChanged | Timeout | TimeoutWaitAppliedIndex | Stopped => {
-                Status::unavailable(message)
-            }
+            Kv(KvError::ClientSessionForgotten { .. }) => Status::failed_precondition(message),
+            NoLeader
+            | LeaderChanged
+            | Timeout
+            | TimeoutWaitAppliedIndex
+            | Stopped
+            | MinRevisionTimeout { .. }
+            | ResponseDropped => Status::unavailable(message),
             NotLeader | BadLeaderTransferee => Status::failed_precondition(message),
             Unimplemented(_) | RangeStreamUnsupported => Status::unimplemented(message),
             Internal(_) => Status::internal(message),

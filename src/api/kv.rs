@@ -11,6 +11,7 @@ use tonic::Status;
 use super::ApiContext;
 use super::convert;
 use super::error::ApiError;
+use super::metadata;
 use crate::pb::etcdserverpb as etcd;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::kv_server::KvServer;
@@ -38,11 +39,18 @@ impl KvService {
             .max_encoding_message_size(usize::MAX)
     }
 
-    async fn range(&self, request: &etcd::RangeRequest) -> Result<etcd::RangeResponse, ApiError> {
+    async fn range(
+        &self,
+        request: &etcd::RangeRequest,
+        min_revision: Option<i64>,
+    ) -> Result<etcd::RangeResponse, ApiError> {
         check_size(request, self.context.max_request_bytes)?;
         let op = convert::range_op(request)?;
         if !request.serializable {
             self.context.consensus.read_barrier().await?;
+        }
+        if let Some(wanted) = min_revision {
+            self.context.wait_for_revision(wanted).await?;
         }
         let (result, revision) = self.context.reader.range(&op)?;
         Ok(convert::range_response(
@@ -51,8 +59,27 @@ impl KvService {
         ))
     }
 
-    async fn propose(&self, command: Command) -> Result<(CommandOutput, i64), ApiError> {
+    /// Proposes a client write, numbered when the request's metadata says so (exactly-once).
+    async fn propose<T>(
+        &self,
+        request: &Request<T>,
+        command: Command,
+    ) -> Result<(CommandOutput, i64), ApiError> {
+        let command = match metadata::numbered_write(request.metadata())? {
+            Some(write) => Command::Numbered {
+                write,
+                command: Box::new(command),
+            },
+            None => command,
+        };
         let CommandResponse { revision, result } = self.context.consensus.write(command).await?;
+        if self.context.faults.take_dropped_write_response() {
+            tracing::warn!(
+                revision,
+                "fault injection: dropping the response of an applied write"
+            );
+            return Err(ApiError::ResponseDropped);
+        }
         Ok((result?, revision))
     }
 }
@@ -78,8 +105,9 @@ impl Kv for KvService {
         &self,
         request: Request<etcd::RangeRequest>,
     ) -> Result<Response<etcd::RangeResponse>, Status> {
+        let min_revision = metadata::min_revision(request.metadata())?;
         Ok(Response::new(
-            KvService::range(self, request.get_ref()).await?,
+            KvService::range(self, request.get_ref(), min_revision).await?,
         ))
     }
 
@@ -87,10 +115,9 @@ impl Kv for KvService {
         &self,
         request: Request<etcd::PutRequest>,
     ) -> Result<Response<etcd::PutResponse>, Status> {
-        let request = request.into_inner();
-        check_size(&request, self.context.max_request_bytes)?;
-        let op = convert::put_op(&request)?;
-        match self.propose(Command::Put(op)).await? {
+        check_size(request.get_ref(), self.context.max_request_bytes)?;
+        let op = convert::put_op(request.get_ref())?;
+        match self.propose(&request, Command::Put(op)).await? {
             (CommandOutput::Put { prev_kv }, revision) => Ok(Response::new(etcd::PutResponse {
                 header: Some(self.context.header(revision)),
                 prev_kv: prev_kv.map(convert::key_value),
@@ -103,10 +130,9 @@ impl Kv for KvService {
         &self,
         request: Request<etcd::DeleteRangeRequest>,
     ) -> Result<Response<etcd::DeleteRangeResponse>, Status> {
-        let request = request.into_inner();
-        check_size(&request, self.context.max_request_bytes)?;
-        let op = convert::delete_op(&request)?;
-        match self.propose(Command::Delete(op)).await? {
+        check_size(request.get_ref(), self.context.max_request_bytes)?;
+        let op = convert::delete_op(request.get_ref())?;
+        match self.propose(&request, Command::Delete(op)).await? {
             (CommandOutput::Delete { deleted, prev_kvs }, revision) => {
                 Ok(Response::new(etcd::DeleteRangeResponse {
                     header: Some(self.context.header(revision)),
@@ -122,10 +148,9 @@ impl Kv for KvService {
         &self,
         request: Request<etcd::TxnRequest>,
     ) -> Result<Response<etcd::TxnResponse>, Status> {
-        let request = request.into_inner();
-        check_size(&request, self.context.max_request_bytes)?;
-        let op = convert::txn_op(&request, self.context.max_txn_ops)?;
-        match self.propose(Command::Txn(op)).await? {
+        check_size(request.get_ref(), self.context.max_request_bytes)?;
+        let op = convert::txn_op(request.get_ref(), self.context.max_txn_ops)?;
+        match self.propose(&request, Command::Txn(op)).await? {
             (CommandOutput::Txn(result), revision) => Ok(Response::new(convert::txn_response(
                 result,
                 self.context.header(revision),
@@ -140,7 +165,10 @@ impl Kv for KvService {
     ) -> Result<Response<etcd::CompactionResponse>, Status> {
         let revision = request.get_ref().revision;
         // Compaction runs synchronously in the state machine, so `physical` is always honoured.
-        match self.propose(Command::Compact { revision }).await? {
+        match self
+            .propose(&request, Command::Compact { revision })
+            .await?
+        {
             (CommandOutput::Compact, current) => Ok(Response::new(etcd::CompactionResponse {
                 header: Some(self.context.header(current)),
             })),
@@ -156,6 +184,7 @@ impl Kv for KvService {
         &self,
         request: Request<etcd::RangeRequest>,
     ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        let min_revision = metadata::min_revision(request.metadata())?;
         let request = request.into_inner();
         let custom_sort = convert::range_op(&request).map(|op| {
             !(matches!(op.sort_order, SortOrder::None | SortOrder::Ascend)
@@ -168,7 +197,7 @@ impl Kv for KvService {
         if custom_sort || filtered {
             return Err(ApiError::RangeStreamUnsupported.into());
         }
-        let mut whole = KvService::range(self, &request).await?;
+        let mut whole = KvService::range(self, &request, min_revision).await?;
         let kvs = std::mem::take(&mut whole.kvs);
         let mut messages: Vec<Result<etcd::RangeStreamResponse, Status>> = kvs
             .chunks(RANGE_STREAM_KVS_PER_MESSAGE)

@@ -16,10 +16,15 @@ mod duplicates;
 pub mod error;
 pub mod kv;
 pub mod maintenance;
+pub mod metadata;
 
 use openraft::async_runtime::watch::WatchReceiver;
 
 pub use consensus::Consensus;
+use error::ApiError;
+
+use crate::limits::MIN_REVISION_WAIT_MS_MAX;
+use crate::network::Faults;
 
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::store::KvReader;
@@ -34,6 +39,8 @@ pub struct ApiContext {
     pub max_request_bytes: usize,
     /// etcd's `--max-txn-ops`: longer transaction lists are refused.
     pub max_txn_ops: usize,
+    /// The fault seam (only ever set through the peer service's SetFaults, in tests).
+    pub faults: Faults,
 }
 
 impl ApiContext {
@@ -43,6 +50,26 @@ impl ApiContext {
 
     pub fn raft_term(&self) -> u64 {
         self.consensus.raft.metrics().borrow_watched().current_term
+    }
+
+    /// Waits (bounded by [`MIN_REVISION_WAIT_MS_MAX`]) until this member has applied `wanted`.
+    pub async fn wait_for_revision(&self, wanted: i64) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(MIN_REVISION_WAIT_MS_MAX);
+        // Subscribed before the first look: an apply between the look and the wait still wakes
+        // us, because the metrics change after the revision is published.
+        let mut metrics = self.consensus.raft.metrics();
+        loop {
+            let applied = self.reader.revision();
+            if applied >= wanted {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ApiError::Stopped),
+                Err(_) => return Err(ApiError::MinRevisionTimeout { wanted, applied }),
+            }
+        }
     }
 
     /// A fully filled header; clients and etcdctl's printers rely on every field being there.

@@ -16,6 +16,7 @@ mod peers;
 mod raft_network;
 mod server;
 
+pub use faults::FaultPlan;
 pub use faults::Faults;
 pub use peers::PeerUnreachable;
 pub use peers::Peers;

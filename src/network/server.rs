@@ -23,6 +23,7 @@ use tonic::Status;
 use tonic::Streaming;
 
 use super::FROM_NODE_METADATA;
+use super::FaultPlan;
 use super::Faults;
 use crate::codec::decode;
 use crate::codec::encode;
@@ -302,9 +303,9 @@ impl Peer for PeerService {
                 "fault injection is disabled; start the node with --enable-fault-injection",
             ));
         }
-        let cut = decode(&request.into_inner().payload).map_err(bad_payload)?;
-        self.faults.set_cut(cut);
-        tracing::warn!(cut = ?self.faults.cut(), "fault injection: links cut");
+        let plan: FaultPlan = decode(&request.into_inner().payload).map_err(bad_payload)?;
+        tracing::warn!(?plan, "fault injection");
+        self.faults.apply(plan);
         reply(&())
     }
 }

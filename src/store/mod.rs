@@ -7,6 +7,7 @@
 //! Everything outside this module sees [`LogStore`] and [`StateMachine`] (handed to openraft) and
 //! [`KvReader`] (local reads for the API); no sled type crosses this boundary.
 
+pub mod client_sessions;
 mod codec;
 pub mod log_store;
 pub mod mvcc;

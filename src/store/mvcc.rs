@@ -96,6 +96,10 @@ use crate::types::TxnRequestOp;
 use crate::types::TxnResponseOp;
 use crate::types::TxnResult;
 
+/// The caller's raw entries to write with a batch: `(key, Some(value))` inserts, `(key, None)`
+/// removes; every key starts with [`EXTRA_PREFIX`].
+pub type ExtraChanges = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// The prefix byte reserved for the caller's raw entries (see [`KeySpace::apply`]).
 pub const EXTRA_PREFIX: u8 = 0x03;
 
@@ -640,6 +644,9 @@ impl Apply<'_> {
             Command::Compact { revision } => {
                 self.compact(*revision)?.map(|()| CommandOutput::Compact)
             }
+            // Whether a numbered write runs at all is the state machine's decision (its client
+            // sessions); once it runs, it is its command.
+            Command::Numbered { command, .. } => return self.execute(command),
         };
 
         match &result {
@@ -1002,15 +1009,21 @@ impl KeySpace {
     pub fn apply(
         &self,
         commands: &[Option<&Command>],
-        extra: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        extra: ExtraChanges,
     ) -> io::Result<Vec<CommandResponse>> {
-        for (key, _) in &extra {
-            assert_eq!(
-                key.first(),
-                Some(&EXTRA_PREFIX),
-                "an extra entry outside EXTRA_PREFIX"
-            );
-        }
+        self.apply_with(commands, |_| Ok(extra))
+    }
+
+    /// [`KeySpace::apply`] with the extra entries computed from the responses, before anything
+    /// is written: what the caller records about the results commits in the same batch.
+    pub fn apply_with<F>(
+        &self,
+        commands: &[Option<&Command>],
+        extra: F,
+    ) -> io::Result<Vec<CommandResponse>>
+    where
+        F: FnOnce(&[CommandResponse]) -> io::Result<ExtraChanges>,
+    {
         let _gate = self.write_gate();
         let revision_before = self.revision();
         let mut apply = Apply {
@@ -1038,6 +1051,14 @@ impl KeySpace {
             "compaction stays behind the revision"
         );
 
+        let extra = extra(&responses)?;
+        for (key, _) in &extra {
+            assert_eq!(
+                key.first(),
+                Some(&EXTRA_PREFIX),
+                "an extra entry outside EXTRA_PREFIX"
+            );
+        }
         let mut batch = sled::Batch::default();
         for (key, value) in apply.overlay {
             match value {
@@ -1079,6 +1100,24 @@ impl KeySpace {
             .get(key)
             .map_err(sled_error)?
             .map(|value| value.to_vec()))
+    }
+
+    /// The caller's raw entries whose keys start with `prefix` (which includes
+    /// [`EXTRA_PREFIX`]), in key order.
+    pub fn scan_extra(&self, prefix: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        assert_eq!(
+            prefix.first(),
+            Some(&EXTRA_PREFIX),
+            "an extra prefix outside EXTRA_PREFIX"
+        );
+        let _gate = self.read_gate();
+        self.tree
+            .scan_prefix(prefix)
+            .map(|entry| {
+                let (key, value) = entry.map_err(sled_error)?;
+                Ok((key.to_vec(), value.to_vec()))
+            })
+            .collect()
     }
 
     /// Every entry of the tree (data, history, meta and extras), read under the gate: a

@@ -1,7 +1,9 @@
 //! The Raft state machine: applies committed entries to the MVCC key space and makes snapshots.
 //!
 //! ```text
-//! committed entries --apply--> KeySpace::apply (data + last_applied + membership, one batch)
+//! committed entries --admit numbered writes (ClientSessions: apply / replay / forgotten)
+//!                   --apply--> KeySpace::apply_with (data + last_applied + membership + client
+//!                              sessions, one batch)
 //!                                   |
 //! try_create_snapshot_builder: KeySpace::dump (consistent: runs in the state machine task,
 //!                                   |          so no apply interleaves)
@@ -29,6 +31,9 @@ use openraft::entry::RaftEntry;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 
+use super::client_sessions::Admission;
+use super::client_sessions::BatchRecord;
+use super::client_sessions::ClientSessions;
 use super::codec::sled_error;
 use super::mvcc::EXTRA_PREFIX;
 use super::mvcc::KeySpace;
@@ -62,6 +67,8 @@ pub struct StateMachine {
     snapshots: SnapshotFiles,
     /// In memory as well as in the key space: checked on every apply without a read.
     last_applied: Option<LogIdOf<TypeConfig>>,
+    /// Index over the client sessions stored in the key space (exactly-once writes).
+    sessions: ClientSessions,
 }
 
 impl StateMachine {
@@ -75,8 +82,10 @@ impl StateMachine {
             keyspace,
             snapshots: SnapshotFiles::open(snapshot_dir)?,
             last_applied: None,
+            sessions: ClientSessions::default(),
         };
         state_machine.last_applied = state_machine.read_applied_state()?.0;
+        state_machine.sessions = ClientSessions::load(&state_machine.keyspace)?;
         Ok(state_machine)
     }
 
@@ -155,9 +164,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
 
         let mut membership = None;
-        let commands: Vec<Option<&Command>> = batch
-            .iter()
-            .map(|(entry, _)| match &entry.payload {
+        let mut record = BatchRecord::default();
+        // Per position: a numbered write that must not run, and what it answers instead.
+        let mut answers: Vec<Option<Admission>> = vec![None; batch.len()];
+        let mut commands: Vec<Option<&Command>> = Vec::with_capacity(batch.len());
+        for (position, (entry, _)) in batch.iter().enumerate() {
+            commands.push(match &entry.payload {
+                EntryPayload::Normal(command @ Command::Numbered { write, .. }) => {
+                    let admission = self.sessions.admit(
+                        &self.keyspace,
+                        *write,
+                        entry.log_id().index,
+                        position,
+                        &mut record,
+                    )?;
+                    if admission == Admission::Apply {
+                        Some(command)
+                    } else {
+                        answers[position] = Some(admission);
+                        None
+                    }
+                }
                 EntryPayload::Normal(command) => Some(command),
                 EntryPayload::Blank => None,
                 EntryPayload::Membership(m) => {
@@ -167,20 +194,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ));
                     None
                 }
-            })
-            .collect();
+            });
+        }
 
         let mut extra = vec![(applied_key(), Some(encode(&last_applied)?))];
         if let Some(membership) = membership {
             extra.push((membership_key(), Some(encode(&membership)?)));
         }
-        let responses = self.keyspace.apply(&commands, extra)?;
+        let sessions = &self.sessions;
+        let mut responses = self.keyspace.apply_with(&commands, |responses| {
+            extra.extend(sessions.stored_changes(&record, responses)?);
+            Ok(extra)
+        })?;
         self.last_applied = Some(last_applied);
         assert_eq!(
             responses.len(),
             batch.len(),
             "one response per applied entry"
         );
+        for (position, answer) in answers.into_iter().enumerate() {
+            match answer {
+                None | Some(Admission::Apply) => {}
+                Some(Admission::Replay(response)) => responses[position] = response,
+                Some(Admission::ReplayInBatch(earlier)) => {
+                    assert!(earlier < position, "a replay follows what it replays");
+                    responses[position] = responses[earlier].clone();
+                }
+                // Nothing was applied: the current revision, and the session's refusal.
+                Some(Admission::Forgotten(error)) => responses[position].result = Err(error),
+            }
+        }
 
         for ((_, responder), response) in batch.into_iter().zip(responses) {
             if let Some(responder) = responder {
@@ -223,9 +266,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let dump: Vec<(Vec<u8>, Vec<u8>)> = decode(&snapshot)?;
         // The meta is authoritative for what the snapshot covers; the dump's own copies of the
         // applied state are replaced so the two can never disagree.
+        let (applied, membership) = (applied_key(), membership_key());
         let mut entries: Vec<(Vec<u8>, Vec<u8>)> = dump
             .into_iter()
-            .filter(|(key, _)| key.first() != Some(&EXTRA_PREFIX))
+            .filter(|(key, _)| *key != applied && *key != membership)
             .collect();
         if let Some(log_id) = &meta.last_log_id {
             entries.push((applied_key(), encode(log_id)?));
@@ -244,6 +288,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(io::Error::other)??;
         self.keyspace.restore(entries)?;
         self.last_applied = meta.last_log_id;
+        // The snapshot's client sessions replace ours, as its data replaces our data.
+        self.sessions = ClientSessions::load(&self.keyspace)?;
         self.db.flush_async().await.map_err(sled_error)?;
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())

@@ -18,6 +18,7 @@ use std::time::Instant;
 use etcd_client::Client;
 use etcd_client::ConnectOptions;
 use quorumdb::config::derive_node_id;
+use quorumdb::network::FaultPlan;
 use quorumdb::pb::peer::RaftMessage;
 use quorumdb::pb::peer::peer_client::PeerClient;
 use tempfile::TempDir;
@@ -276,10 +277,34 @@ impl Cluster {
     pub async fn cut_links(&self, index: usize, others: &[usize]) {
         let cut: std::collections::BTreeSet<u64> =
             others.iter().map(|i| self.nodes[*i].id).collect();
+        self.set_faults(
+            index,
+            FaultPlan {
+                cut: Some(cut),
+                ..FaultPlan::default()
+            },
+        )
+        .await;
+    }
+
+    /// Makes node `index` drop the responses of its next `count` client writes after applying
+    /// them (the client sees an ambiguous failure), through the fault seam.
+    pub async fn drop_write_responses(&self, index: usize, count: u32) {
+        self.set_faults(
+            index,
+            FaultPlan {
+                drop_write_responses: Some(count),
+                ..FaultPlan::default()
+            },
+        )
+        .await;
+    }
+
+    async fn set_faults(&self, index: usize, plan: FaultPlan) {
         let mut client = PeerClient::connect(self.nodes[index].peer_url())
             .await
             .expect("connect to the peer service");
-        let payload = quorumdb::codec::encode(&cut).expect("encode fault set");
+        let payload = quorumdb::codec::encode(&plan).expect("encode fault plan");
         client
             .set_faults(RaftMessage { payload })
             .await
