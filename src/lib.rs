@@ -8,6 +8,9 @@
 //! - [`store`]: the only module that knows sled: Raft log, MVCC state machine, snapshots.
 //! - [`network`]: the Raft peer transport over gRPC, with a fault seam for tests.
 //! - [`api`]: the etcd v3 gRPC services clients talk to.
+//! - [`client`]: the Rust client library: endpoints and failover, typed results and errors, safe
+//!   retries, exactly-once writes, session consistency.
+//! - [`cli`]: the `quorumdb` client verbs (put, get, del, txn, member, endpoint) over [`client`].
 //! - [`bench`]: `quorumdb bench`, a load generator over the etcd v3 API (QuorumDB or etcd).
 //! - [`codec`]: the binary format of our own data (log, snapshots, peer payloads).
 //! - [`config`]: node configuration from flags, environment and TOML, validated once.
@@ -16,6 +19,8 @@
 
 pub mod api;
 pub mod bench;
+pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod limits;

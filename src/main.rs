@@ -30,6 +30,9 @@ enum Command {
     Server(Box<ServerArgs>),
     /// Load-test a cluster (QuorumDB or etcd) over the etcd v3 API; prints QPS and latencies.
     Bench(Box<BenchArgs>),
+    /// Client verbs (etcdctl's): put, get, del, txn, member list, endpoint status/health.
+    #[command(flatten)]
+    Client(quorumdb::cli::ClientCommand),
     /// Run a local three-node cluster in this process (clients on 127.0.0.1:2379, 22379, 32379),
     /// data under DATA_DIR/n1..n3. Ctrl-C stops it cleanly; starting it again keeps the data.
     LocalCluster {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Server(args) => run_server(*args),
         Command::LocalCluster { data_dir } => run_local_cluster(data_dir),
         Command::Bench(args) => run_bench(*args),
+        Command::Client(command) => quorumdb::cli::run(command),
     }
 }
 
