@@ -55,6 +55,10 @@ pub struct ServerArgs {
     /// Largest number of operations in one list of a transaction (etcd's --max-txn-ops).
     #[arg(long, env = "QUORUMDB_MAX_TXN_OPS")]
     pub max_txn_ops: Option<usize>,
+    /// Comma-separated http://IP:PORT URLs serving /metrics, /health, /readyz, /livez, /leader,
+    /// /replica, /status and the status page (etcd's flag; default: none).
+    #[arg(long, env = "QUORUMDB_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
     /// Lets tests cut this node's peer links through the peer service. Never in production.
     #[arg(long, env = "QUORUMDB_ENABLE_FAULT_INJECTION")]
     pub enable_fault_injection: Option<bool>,
@@ -89,6 +93,8 @@ pub struct NodeConfig {
     pub election_timeout_ms: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// Where the HTTP observability endpoints listen (none by default).
+    pub listen_metrics_urls: Vec<String>,
     pub enable_fault_injection: bool,
 }
 
@@ -231,6 +237,7 @@ impl ServerArgs {
             election_timeout: self.election_timeout.or(file.election_timeout),
             max_request_bytes: self.max_request_bytes.or(file.max_request_bytes),
             max_txn_ops: self.max_txn_ops.or(file.max_txn_ops),
+            listen_metrics_urls: self.listen_metrics_urls.or(file.listen_metrics_urls),
             enable_fault_injection: self.enable_fault_injection.or(file.enable_fault_injection),
             config_file: Some(path),
         })
@@ -331,6 +338,10 @@ impl ServerArgs {
                 limits::REQUEST_BYTES_LIMIT_MAX
             )));
         }
+        let listen_metrics_urls = match &args.listen_metrics_urls {
+            Some(list) if !list.trim().is_empty() => split_urls("listen-metrics-urls", list)?,
+            _ => Vec::new(),
+        };
         let max_txn_ops = args.max_txn_ops.unwrap_or(limits::TXN_OPS_MAX);
         if max_txn_ops == 0 {
             return Err(invalid("--max-txn-ops must be positive"));
@@ -350,6 +361,7 @@ impl ServerArgs {
             election_timeout_ms,
             max_request_bytes,
             max_txn_ops,
+            listen_metrics_urls,
             enable_fault_injection: args.enable_fault_injection.unwrap_or(false),
         })
     }

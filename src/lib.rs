@@ -15,6 +15,8 @@
 //! - [`codec`]: the binary format of our own data (log, snapshots, peer payloads).
 //! - [`config`]: node configuration from flags, environment and TOML, validated once.
 //! - [`node`]: wiring: open store, start Raft, serve, shut down cleanly.
+//! - [`observe`]: the HTTP side of a node: Prometheus metrics, health and routing checks,
+//!   `/status` and the live status page.
 //! - [`pb`]: generated protobuf code (etcd v3 client API and our peer service).
 
 pub mod api;
@@ -26,6 +28,7 @@ pub mod config;
 pub mod limits;
 pub mod network;
 pub mod node;
+pub mod observe;
 pub mod pb;
 pub mod store;
 pub mod types;

@@ -33,8 +33,8 @@ enum Command {
     /// Client verbs (etcdctl's): put, get, del, txn, member list, endpoint status/health.
     #[command(flatten)]
     Client(quorumdb::cli::ClientCommand),
-    /// Run a local three-node cluster in this process (clients on 127.0.0.1:2379, 22379, 32379),
-    /// data under DATA_DIR/n1..n3. Ctrl-C stops it cleanly; starting it again keeps the data.
+    /// Run a local three-node cluster in this process (clients on 127.0.0.1:2379, 22379, 32379,
+    /// status pages and metrics on 2381, 22381, 32381), data under DATA_DIR/n1..n3. Ctrl-C stops it cleanly; starting it again keeps the data.
     LocalCluster {
         /// Folder holding the three nodes' data.
         #[arg(long, default_value = "quorumdb-local")]
@@ -77,6 +77,8 @@ fn run_local_cluster(data_dir: PathBuf) -> ExitCode {
             data_dir: Some(data_dir.join(format!("n{}", i + 1))),
             listen_client_urls: Some(format!("http://127.0.0.1:{client}")),
             listen_peer_urls: Some(format!("http://127.0.0.1:{peer}")),
+            // etcd's convention: metrics on the client port + 2 (2381, 22381, 32381).
+            listen_metrics_urls: Some(format!("http://127.0.0.1:{}", client + 2)),
             initial_cluster: Some(initial_cluster.clone()),
             ..ServerArgs::default()
         };
@@ -103,7 +105,7 @@ fn run_local_cluster(data_dir: PathBuf) -> ExitCode {
             }
         }
         eprintln!(
-            "quorumdb: local cluster running, data in {}. Try:\n  etcdctl --endpoints=127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379 put greeting hello\n  etcdctl --endpoints=127.0.0.1:22379 get greeting\nCtrl-C stops it.",
+            "quorumdb: local cluster running, data in {}. Try:\n  etcdctl --endpoints=127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379 put greeting hello\n  etcdctl --endpoints=127.0.0.1:22379 get greeting\n  quorumdb endpoint status\nStatus page: http://127.0.0.1:2381/ (metrics: /metrics). Ctrl-C stops it.",
             data_dir.display()
         );
         shutdown_signal().await;

@@ -4,6 +4,7 @@
 //! ```text
 //! store::open(data_dir) -> Raft::new(id, config, PeerNetworkFactory, log, state machine)
 //!   -> peer listener (PeerService)     -> client listeners (KV, Cluster, Maintenance)
+//!   -> metrics listeners (observe: /metrics, /readyz, /status, ...)
 //!   -> initialize once (new cluster, never initialized)  -> publish client URL
 //!   -> wait for shutdown -> stop serving -> raft.shutdown -> flush
 //! ```
@@ -37,7 +38,12 @@ use crate::config::NodeConfig;
 use crate::limits;
 use crate::network;
 use crate::network::Faults;
+use crate::network::LeaderContact;
 use crate::network::Peers;
+use crate::observe;
+use crate::observe::Observer;
+use crate::observe::metrics::NodeMetrics;
+use crate::observe::request_layer::RequestMetricsLayer;
 use crate::pb::peer::RaftMessage;
 use crate::store;
 use crate::types::Member;
@@ -122,10 +128,13 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
 impl Node {
     /// Starts the node; returns once it is serving (not necessarily once a leader is elected).
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        let store = store::open(&config.data_dir).map_err(|source| NodeError::Store {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
+        let metrics = NodeMetrics::new();
+        let store = store::open_with_metrics(&config.data_dir, metrics.store.clone()).map_err(
+            |source| NodeError::Store {
+                path: config.data_dir.display().to_string(),
+                source,
+            },
+        )?;
         let faults = Faults::default();
         let peers = Peers::new(config.id, faults.clone());
         let raft = Raft::new(
@@ -166,8 +175,10 @@ impl Node {
         let mut servers = Vec::new();
 
         let peer_listener = bind(&config.listen_peer_url).await?;
+        let leader_contact = LeaderContact::default();
         let peer_service =
             network::PeerService::new(raft.clone(), faults.clone(), config.enable_fault_injection)
+                .with_leader_contact(leader_contact.clone())
                 .into_server();
         let shutdown = wait_for_stop(stopped.clone());
         servers.push(tokio::spawn(async move {
@@ -187,6 +198,7 @@ impl Node {
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,
             faults: faults.clone(),
+            metrics: metrics.clone(),
         };
         for url in &config.listen_client_urls {
             let listener = bind(url).await?;
@@ -198,8 +210,10 @@ impl Node {
             // grpc.health.v1 with "" SERVING, as etcd registers it: some tooling probes it.
             let (_, health) = tonic_health::server::health_reporter();
             let shutdown = wait_for_stop(stopped.clone());
+            let layer = RequestMetricsLayer::new(metrics.clone());
             servers.push(tokio::spawn(async move {
                 let served = tonic::transport::Server::builder()
+                    .layer(layer)
                     .add_service(health)
                     .add_service(kv)
                     .add_service(cluster)
@@ -208,6 +222,36 @@ impl Node {
                     .await;
                 if let Err(e) = served {
                     tracing::error!(error = %e, "client service stopped");
+                }
+            }));
+        }
+
+        let observer = Observer {
+            id: config.id,
+            member: config.member(),
+            raft: raft.clone(),
+            reader: context.reader.clone(),
+            consensus: context.consensus.clone(),
+            metrics: metrics.clone(),
+            leader_contact,
+            leader_changes: Default::default(),
+        };
+        servers.push(tokio::spawn(observe::watch_leader_changes(
+            observer.clone(),
+            stopped.clone(),
+        )));
+        for url in &config.listen_metrics_urls {
+            let listener = bind(url).await?;
+            let router = observe::router(observer.clone());
+            let mut stopped = stopped.clone();
+            servers.push(tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "metrics listener stopped");
                 }
             }));
         }

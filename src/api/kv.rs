@@ -72,7 +72,12 @@ impl KvService {
             },
             None => command,
         };
-        let CommandResponse { revision, result } = self.context.consensus.write(command).await?;
+        let written = self.context.consensus.write(command).await;
+        match &written {
+            Ok(_) => self.context.metrics.proposals_committed.inc(),
+            Err(_) => self.context.metrics.proposals_failed.inc(),
+        };
+        let CommandResponse { revision, result } = written?;
         if self.context.faults.take_dropped_write_response() {
             tracing::warn!(
                 revision,

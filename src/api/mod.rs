@@ -18,6 +18,8 @@ pub mod kv;
 pub mod maintenance;
 pub mod metadata;
 
+use std::sync::Arc;
+
 use openraft::async_runtime::watch::WatchReceiver;
 
 pub use consensus::Consensus;
@@ -25,6 +27,7 @@ use error::ApiError;
 
 use crate::limits::MIN_REVISION_WAIT_MS_MAX;
 use crate::network::Faults;
+use crate::observe::metrics::NodeMetrics;
 
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::store::KvReader;
@@ -41,6 +44,7 @@ pub struct ApiContext {
     pub max_txn_ops: usize,
     /// The fault seam (only ever set through the peer service's SetFaults, in tests).
     pub faults: Faults,
+    pub metrics: Arc<NodeMetrics>,
 }
 
 impl ApiContext {

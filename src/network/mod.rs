@@ -23,6 +23,7 @@ pub use peers::Peers;
 pub use raft_network::PeerNetworkFactory;
 pub use server::ForwardWriteError;
 pub use server::ForwardWriteReply;
+pub use server::LeaderContact;
 pub use server::MembersReply;
 pub use server::PeerService;
 pub use server::ReadIndexError;

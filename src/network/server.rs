@@ -2,6 +2,8 @@
 //! their leader on behalf of clients (forwarded writes and read-index requests).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
 
 use futures::StreamExt;
 use openraft::ChangeMembers;
@@ -13,6 +15,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
+use openraft::raft::AppendEntriesResponse;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::linearizable_read::ReadLogId;
 use serde::Deserialize;
@@ -77,6 +80,28 @@ pub struct PeerService {
     raft: Raft,
     faults: Faults,
     fault_injection_enabled: bool,
+    leader_contact: LeaderContact,
+}
+
+/// When this member last accepted an append (or heartbeat) from a leader: how fresh a
+/// follower's view is, from its own side (the `/replica?lag=...ms` routing check).
+#[derive(Clone, Default)]
+pub struct LeaderContact {
+    last: Arc<Mutex<Option<std::time::Instant>>>,
+}
+
+impl LeaderContact {
+    pub fn record(&self) {
+        *self.last.lock().expect("leader contact lock") = Some(std::time::Instant::now());
+    }
+
+    /// Time since the last accepted append; `None` if there never was one since start.
+    pub fn elapsed(&self) -> Option<std::time::Duration> {
+        self.last
+            .lock()
+            .expect("leader contact lock")
+            .map(|at| at.elapsed())
+    }
 }
 
 impl PeerService {
@@ -85,7 +110,14 @@ impl PeerService {
             raft,
             faults,
             fault_injection_enabled,
+            leader_contact: LeaderContact::default(),
         }
+    }
+
+    /// Records accepted appends into `contact` (shared with the HTTP routing checks).
+    pub fn with_leader_contact(mut self, contact: LeaderContact) -> Self {
+        self.leader_contact = contact;
+        self
     }
 
     pub fn into_server(self) -> PeerServer<Self> {
@@ -134,6 +166,9 @@ impl Peer for PeerService {
         self.admit(&request)?;
         let rpc = decode(&request.into_inner().payload).map_err(bad_payload)?;
         let response = self.raft.append_entries(rpc).await.map_err(fatal)?;
+        if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+            self.leader_contact.record();
+        }
         reply(&response)
     }
 

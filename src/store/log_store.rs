@@ -31,6 +31,7 @@ use openraft::alias::VoteOf;
 use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 
 use super::codec::sled_error;
@@ -65,10 +66,10 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub(crate) fn open(db: sled::Db) -> io::Result<LogStore> {
+    pub(crate) fn open(db: sled::Db, flush_seconds: Histogram) -> io::Result<LogStore> {
         let tree = db.open_tree("raft_log").map_err(sled_error)?;
         let (flusher, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run_flusher(db.clone(), pending));
+        tokio::spawn(run_flusher(db.clone(), pending, flush_seconds));
         let store = LogStore { db, tree, flusher };
         store.check_contiguous()?;
         Ok(store)
@@ -118,10 +119,16 @@ impl LogStore {
 
 /// Completes append callbacks after a flush, batching every callback that queued up while the
 /// previous flush ran (group commit). In order: openraft expects appends to complete in order.
-async fn run_flusher(db: sled::Db, mut pending: mpsc::UnboundedReceiver<IOFlushed<TypeConfig>>) {
+async fn run_flusher(
+    db: sled::Db,
+    mut pending: mpsc::UnboundedReceiver<IOFlushed<TypeConfig>>,
+    flush_seconds: Histogram,
+) {
     let mut batch = Vec::new();
     while pending.recv_many(&mut batch, usize::MAX).await > 0 {
+        let started = std::time::Instant::now();
         let result = db.flush_async().await.map(|_| ()).map_err(sled_error);
+        flush_seconds.observe(started.elapsed().as_secs_f64());
         for callback in batch.drain(..) {
             let result = match &result {
                 Ok(()) => Ok(()),

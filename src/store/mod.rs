@@ -21,6 +21,7 @@ use std::sync::Arc;
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 
+pub use crate::observe::metrics::StoreMetrics;
 use crate::types::KvError;
 use crate::types::RangeOp;
 use crate::types::RangeResult;
@@ -32,9 +33,14 @@ pub struct Store {
     pub reader: KvReader,
 }
 
-/// Opens (or creates) the node's storage under `data_dir`. Must run inside a tokio runtime: the
-/// log store starts its flusher task.
+/// Opens (or creates) the node's storage under `data_dir`, with metrics nobody reads. Must run
+/// inside a tokio runtime: the log store starts its flusher task.
 pub fn open(data_dir: &Path) -> io::Result<Store> {
+    open_with_metrics(data_dir, StoreMetrics::default())
+}
+
+/// [`open`], recording flush latencies and snapshot counts into `metrics`.
+pub fn open_with_metrics(data_dir: &Path, metrics: StoreMetrics) -> io::Result<Store> {
     std::fs::create_dir_all(data_dir)?;
     let db = sled::Config::new()
         .path(data_dir.join("db"))
@@ -43,9 +49,13 @@ pub fn open(data_dir: &Path) -> io::Result<Store> {
     let keyspace = Arc::new(mvcc::KeySpace::open(
         db.open_tree("keyspace").map_err(codec::sled_error)?,
     )?);
-    let log_store = LogStore::open(db.clone())?;
-    let state_machine =
-        StateMachine::open(db.clone(), keyspace.clone(), data_dir.join("snapshots"))?;
+    let log_store = LogStore::open(db.clone(), metrics.flush_seconds.clone())?;
+    let state_machine = StateMachine::open(
+        db.clone(),
+        keyspace.clone(),
+        data_dir.join("snapshots"),
+        metrics,
+    )?;
     Ok(Store {
         log_store,
         state_machine,
@@ -73,6 +83,11 @@ impl KvReader {
 
     pub fn compact_revision(&self) -> i64 {
         self.keyspace.compact_revision()
+    }
+
+    /// Keys that currently exist.
+    pub fn live_key_count(&self) -> usize {
+        self.keyspace.live_key_count()
     }
 
     /// Bytes the database takes on disk.

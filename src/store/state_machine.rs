@@ -41,6 +41,7 @@ use super::snapshot_file::SnapshotFile;
 use super::snapshot_file::SnapshotFiles;
 use crate::codec::decode;
 use crate::codec::encode;
+use crate::observe::metrics::StoreMetrics;
 use crate::types::Command;
 use crate::types::TypeConfig;
 
@@ -69,6 +70,7 @@ pub struct StateMachine {
     last_applied: Option<LogIdOf<TypeConfig>>,
     /// Index over the client sessions stored in the key space (exactly-once writes).
     sessions: ClientSessions,
+    metrics: StoreMetrics,
 }
 
 impl StateMachine {
@@ -76,6 +78,7 @@ impl StateMachine {
         db: sled::Db,
         keyspace: Arc<KeySpace>,
         snapshot_dir: PathBuf,
+        metrics: StoreMetrics,
     ) -> io::Result<Self> {
         let mut state_machine = StateMachine {
             db,
@@ -83,6 +86,7 @@ impl StateMachine {
             snapshots: SnapshotFiles::open(snapshot_dir)?,
             last_applied: None,
             sessions: ClientSessions::default(),
+            metrics,
         };
         state_machine.last_applied = state_machine.read_applied_state()?.0;
         state_machine.sessions = ClientSessions::load(&state_machine.keyspace)?;
@@ -108,6 +112,7 @@ impl StateMachine {
 /// encoding and writing the file, in `build_snapshot`, concurrently with apply.
 pub struct SnapshotBuilder {
     db: sled::Db,
+    metrics: StoreMetrics,
     snapshots: SnapshotFiles,
     meta: SnapshotMetaOf<TypeConfig>,
     dump: Vec<(Vec<u8>, Vec<u8>)>,
@@ -130,6 +135,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(io::Error::other)??;
         tracing::info!(last_log_id = ?file.meta.last_log_id, bytes = file.data.len(), "built snapshot");
+        self.metrics.snapshots_built.inc();
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta: file.meta,
             snapshot: file.data,
@@ -249,6 +255,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .expect("copy the key space for a snapshot");
         SnapshotBuilder {
             db: self.db.clone(),
+            metrics: self.metrics.clone(),
             snapshots: self.snapshots.clone(),
             meta: SnapshotMetaOf::<TypeConfig> {
                 last_log_id,
@@ -292,6 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.sessions = ClientSessions::load(&self.keyspace)?;
         self.db.flush_async().await.map_err(sled_error)?;
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+        self.metrics.snapshots_installed.inc();
         Ok(())
     }
 

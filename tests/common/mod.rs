@@ -31,6 +31,7 @@ pub struct NodeProcess {
     pub id: u64,
     pub client_port: u16,
     pub peer_port: u16,
+    pub metrics_port: u16,
     pub data_dir: PathBuf,
     log_path: PathBuf,
     initial_cluster: String,
@@ -45,6 +46,11 @@ impl NodeProcess {
 
     pub fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Where the node serves /metrics, /readyz, /status and the status page.
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
     }
 
     pub fn is_running(&self) -> bool {
@@ -65,6 +71,7 @@ impl NodeProcess {
             .arg(&self.data_dir)
             .args(["--listen-client-urls", &self.client_url()])
             .args(["--listen-peer-urls", &self.peer_url()])
+            .args(["--listen-metrics-urls", &self.metrics_url()])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--enable-fault-injection", "true"])
             .env("QUORUMDB_LOG", "info,openraft=warn")
@@ -127,7 +134,7 @@ impl Cluster {
     /// Starts `size` nodes named n1..nN that bootstrap one cluster.
     pub fn start(size: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let ports = free_ports(size * 2);
+        let ports = free_ports(size * 3);
         let initial_cluster = (0..size)
             .map(|i| format!("n{}=http://127.0.0.1:{}", i + 1, ports[2 * i + 1]))
             .collect::<Vec<_>>()
@@ -139,6 +146,7 @@ impl Cluster {
                     id: derive_node_id(&name),
                     client_port: ports[2 * i],
                     peer_port: ports[2 * i + 1],
+                    metrics_port: ports[2 * size + i],
                     data_dir: dir.path().join(&name),
                     log_path: dir.path().join(format!("{name}.log")),
                     initial_cluster: initial_cluster.clone(),
