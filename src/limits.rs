@@ -62,6 +62,11 @@ pub const CLIENT_SESSIONS_MAX: usize = 10_000;
 /// that long has long since given up on any write it was retrying.
 pub const CLIENT_SESSION_IDLE_LOG_ENTRIES: u64 = 1_000_000;
 
+/// A learner is promoted to voter only when its log is at most this many entries behind the
+/// leader's (etcd refuses to promote a learner that is not "in sync with leader"): a voter that
+/// far behind would slow every commit while it catches up.
+pub const LEARNER_PROMOTE_LAG_ENTRIES_MAX: u64 = 1000;
+
 /// How long a read asking for a minimum revision (session consistency) waits for this member to
 /// apply it before it fails; as long as a follower's wait for a read index.
 pub const MIN_REVISION_WAIT_MS_MAX: u64 = READ_INDEX_APPLY_WAIT_MS_MAX;

@@ -65,6 +65,8 @@ pub enum NodeError {
     Listen { url: String, reason: String },
     #[error("cannot initialize the cluster: {0}")]
     Initialize(String),
+    #[error("cannot join the existing cluster: {0}")]
+    Join(String),
     #[error(
         "member {name} has already been bootstrapped: peer {peer} knows it with client URL {client_url}, \
          but its data directory {data_dir} holds no Raft state. Initializing again could lose \
@@ -127,7 +129,10 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
 
 impl Node {
     /// Starts the node; returns once it is serving (not necessarily once a leader is elected).
-    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+    pub async fn start(mut config: NodeConfig) -> Result<Node, NodeError> {
+        if config.cluster_state == ClusterState::Existing {
+            join_existing_cluster(&mut config).await?;
+        }
         let metrics = NodeMetrics::new();
         let store = store::open_with_metrics(&config.data_dir, metrics.store.clone()).map_err(
             |source| NodeError::Store {
@@ -179,6 +184,7 @@ impl Node {
         let peer_service =
             network::PeerService::new(raft.clone(), faults.clone(), config.enable_fault_injection)
                 .with_leader_contact(leader_contact.clone())
+                .with_cluster_id(config.cluster_id)
                 .into_server();
         let shutdown = wait_for_stop(stopped.clone());
         servers.push(tokio::spawn(async move {
@@ -326,11 +332,14 @@ async fn refuse_if_bootstrapped_before(
         let Ok(response) = client.members(request).await else {
             continue;
         };
-        let Ok((_, members)) = decode::<network::MembersReply>(&response.into_inner().payload)
-        else {
+        let Ok(reply) = decode::<network::MembersReply>(&response.into_inner().payload) else {
             continue;
         };
-        if let Some(known) = members.get(&config.id).filter(|m| !m.client_url.is_empty()) {
+        if let Some(known) = reply
+            .members
+            .get(&config.id)
+            .filter(|m| !m.client_url.is_empty())
+        {
             return Err(NodeError::AlreadyBootstrapped {
                 name: config.name.clone(),
                 peer: member.name.clone(),
@@ -340,6 +349,94 @@ async fn refuse_if_bootstrapped_before(
         }
     }
     Ok(())
+}
+
+/// How long a joining node keeps asking its peers for the member with its peer URL (it may be
+/// started a moment before `member add` commits).
+const JOIN_WAIT_MS_MAX: u64 = 30_000;
+
+/// Where a joined node keeps the identity the cluster gave it, so a restart needs no peer.
+const IDENTITY_FILE: &str = "identity.json";
+
+/// The id and cluster id of a member that joined an existing cluster.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct JoinedIdentity {
+    id: NodeId,
+    cluster_id: u64,
+}
+
+/// etcd's `--initial-cluster-state existing`: the member was added with MemberAdd (which chose
+/// its id); find it by this node's peer URL in a peer's membership, and adopt that id and the
+/// cluster's id. Kept in the data directory for restarts.
+async fn join_existing_cluster(config: &mut NodeConfig) -> Result<(), NodeError> {
+    let path = config.data_dir.join(IDENTITY_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let identity: JoinedIdentity = serde_json::from_str(&text)
+            .map_err(|e| NodeError::Join(format!("{}: {e}", path.display())))?;
+        config.id = identity.id;
+        config.cluster_id = identity.cluster_id;
+        return Ok(());
+    }
+    let peers = Peers::new(config.id, Faults::default());
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(JOIN_WAIT_MS_MAX);
+    let mut last_problem = "no peer answered".to_string();
+    loop {
+        for (id, member) in config
+            .initial_cluster
+            .iter()
+            .filter(|(_, m)| m.peer_url != config.advertise_peer_url)
+        {
+            let Ok(mut client) = peers.client(*id, &member.peer_url) else {
+                continue;
+            };
+            let request = peers.request(
+                RaftMessage {
+                    payload: Vec::new(),
+                },
+                Duration::from_millis(BOOTSTRAP_PROBE_TIMEOUT_MS),
+            );
+            let Ok(response) = client.members(request).await else {
+                continue;
+            };
+            let Ok(reply) = decode::<network::MembersReply>(&response.into_inner().payload) else {
+                continue;
+            };
+            match reply
+                .members
+                .iter()
+                .find(|(_, m)| m.peer_url == config.advertise_peer_url)
+            {
+                Some((own_id, _)) => {
+                    let identity = JoinedIdentity {
+                        id: *own_id,
+                        cluster_id: reply.cluster_id,
+                    };
+                    std::fs::create_dir_all(&config.data_dir)
+                        .and_then(|()| {
+                            std::fs::write(
+                                &path,
+                                serde_json::to_vec(&identity).expect("plain data serializes"),
+                            )
+                        })
+                        .map_err(|e| NodeError::Join(format!("{}: {e}", path.display())))?;
+                    tracing::info!(id = %format!("{own_id:x}"), "joining an existing cluster");
+                    config.id = identity.id;
+                    config.cluster_id = identity.cluster_id;
+                    return Ok(());
+                }
+                None => {
+                    last_problem = format!(
+                        "{} does not list a member with peer URL {} (add it first: etcdctl member add NAME --peer-urls={})",
+                        member.name, config.advertise_peer_url, config.advertise_peer_url
+                    )
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NodeError::Join(last_problem));
+        }
+        tokio::time::sleep(Duration::from_millis(PUBLISH_RETRY_MS)).await;
+    }
 }
 
 /// Accepted client connections: no Nagle delay (small requests, latency matters), and etcd Go

@@ -34,6 +34,9 @@ use crate::network::ForwardWriteReply;
 use crate::network::Peers;
 use crate::network::ReadIndexError;
 use crate::network::ReadIndexReply;
+use crate::network::membership::MembershipChange;
+use crate::network::membership::MembershipError;
+use crate::network::membership::change_on_leader;
 use crate::pb::peer::RaftMessage;
 use crate::pb::peer::ReadIndexRequest;
 use crate::types::Command;
@@ -166,6 +169,57 @@ impl Consensus {
                     tracing::warn!(%status, "forwarded write failed in flight; outcome unknown");
                     return Err(ApiError::Timeout);
                 }
+            }
+        }
+    }
+
+    /// Runs a membership change on the leader (forwarded when this node is not it), retrying
+    /// within one deadline while the leader moves or another change is still uncommitted.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ApiError> {
+        let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
+        loop {
+            let (leader, member) = self.wait_for_leader(deadline).await?;
+            let outcome = if leader == self.id {
+                match tokio::time::timeout_at(
+                    deadline,
+                    change_on_leader(&self.raft, change.clone()),
+                )
+                .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => return Err(ApiError::Timeout),
+                }
+            } else {
+                let Ok(mut client) = self.peers.client(leader, &member.peer_url) else {
+                    Self::pause(deadline).await?;
+                    continue;
+                };
+                let payload = encode(&change).map_err(|e| ApiError::Internal(e.to_string()))?;
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                let request = self.peers.request(RaftMessage { payload }, timeout);
+                match client.change_membership(request).await {
+                    Ok(response) => decode(&response.into_inner().payload)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?,
+                    Err(status) if never_delivered(&status) => {
+                        Self::pause(deadline).await?;
+                        continue;
+                    }
+                    Err(status) => {
+                        tracing::warn!(%status, "forwarded membership change failed in flight");
+                        return Err(ApiError::Timeout);
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(MembershipError::NotLeader | MembershipError::InProgress) => {
+                    Self::pause(deadline).await?
+                }
+                Err(MembershipError::MemberNotFound) => return Err(ApiError::MemberNotFound),
+                Err(MembershipError::PeerUrlExists) => return Err(ApiError::PeerUrlExists),
+                Err(MembershipError::NotLearner) => return Err(ApiError::NotLearner),
+                Err(MembershipError::LearnerNotReady) => return Err(ApiError::LearnerNotReady),
+                Err(MembershipError::Raft(reason)) => return Err(ApiError::Internal(reason)),
             }
         }
     }

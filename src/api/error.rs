@@ -49,6 +49,14 @@ pub enum ApiError {
     Stopped,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: given member URLs are invalid")]
+    InvalidPeerUrls,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
     /// An RPC QuorumDB does not serve (yet); the message names it.
     #[error("{0}")]
     Unimplemented(String),
@@ -83,7 +91,8 @@ impl From<ApiError> for Status {
             | InvalidSortOption
             | EmptyRequestOp
             | InvalidCompare(_)
-            | InvalidMetadata { .. } => Status::invalid_argument(message),
+            | InvalidMetadata { .. }
+            | InvalidPeerUrls => Status::invalid_argument(message),
             Kv(KvError::Compacted | KvError::FutureRevision) => Status::out_of_range(message),
             Kv(KvError::KeyNotFound) => Status::invalid_argument(message),
             Kv(KvError::LeaseNotFound) | MemberNotFound => Status::not_found(message),
@@ -95,7 +104,9 @@ impl From<ApiError> for Status {
             | Stopped
             | MinRevisionTimeout { .. }
             | ResponseDropped => Status::unavailable(message),
-            NotLeader | BadLeaderTransferee => Status::failed_precondition(message),
+            NotLeader | BadLeaderTransferee | PeerUrlExists | NotLearner | LearnerNotReady => {
+                Status::failed_precondition(message)
+            }
             Unimplemented(_) | RangeStreamUnsupported => Status::unimplemented(message),
             Internal(_) => Status::internal(message),
         }

@@ -12,6 +12,7 @@
 //! Must never: touch storage; decide anything about client semantics.
 
 mod faults;
+pub mod membership;
 mod peers;
 mod raft_network;
 mod server;

@@ -28,6 +28,9 @@ use tonic::Streaming;
 use super::FROM_NODE_METADATA;
 use super::FaultPlan;
 use super::Faults;
+use super::membership::MembershipChange;
+use super::membership::MembershipError;
+use super::membership::change_on_leader;
 use crate::codec::decode;
 use crate::codec::encode;
 use crate::limits::PEER_MESSAGE_BYTES_MAX;
@@ -67,7 +70,14 @@ pub enum ReadIndexError {
 pub type ReadIndexReply = Result<ReadLogId<TypeConfig>, ReadIndexError>;
 
 /// Whether a node has Raft state, and the members it knows by id.
-pub type MembersReply = (bool, BTreeMap<NodeId, Member>);
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembersReply {
+    /// Whether the answering node has any Raft state.
+    pub initialized: bool,
+    pub members: BTreeMap<NodeId, Member>,
+    /// The cluster id the answering node serves under (a joining node adopts it).
+    pub cluster_id: u64,
+}
 
 /// Whether a membership change is still uncommitted: openraft refuses another until it commits.
 pub fn membership_change_in_flight(raft: &Raft) -> bool {
@@ -81,6 +91,7 @@ pub struct PeerService {
     faults: Faults,
     fault_injection_enabled: bool,
     leader_contact: LeaderContact,
+    cluster_id: u64,
 }
 
 /// When this member last accepted an append (or heartbeat) from a leader: how fresh a
@@ -111,7 +122,14 @@ impl PeerService {
             faults,
             fault_injection_enabled,
             leader_contact: LeaderContact::default(),
+            cluster_id: 0,
         }
+    }
+
+    /// The cluster id this node reports to peers (joining nodes adopt it).
+    pub fn with_cluster_id(mut self, cluster_id: u64) -> Self {
+        self.cluster_id = cluster_id;
+        self
     }
 
     /// Records accepted appends into `contact` (shared with the HTTP routing checks).
@@ -307,6 +325,18 @@ impl Peer for PeerService {
         reply(&())
     }
 
+    /// Runs a membership change forwarded by a follower (this node should be the leader).
+    async fn change_membership(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request)?;
+        let change: MembershipChange =
+            decode(&request.into_inner().payload).map_err(bad_payload)?;
+        let outcome: Result<(), MembershipError> = change_on_leader(&self.raft, change).await;
+        reply(&outcome)
+    }
+
     /// What this node knows of the membership, and whether it has any Raft state at all.
     async fn members(
         &self,
@@ -322,7 +352,11 @@ impl Peer for PeerService {
                 .nodes()
                 .map(|(id, member)| (*id, member.clone()))
                 .collect();
-            (initialized, nodes)
+            MembersReply {
+                initialized,
+                members: nodes,
+                cluster_id: self.cluster_id,
+            }
         };
         reply(&members)
     }

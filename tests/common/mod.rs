@@ -35,6 +35,8 @@ pub struct NodeProcess {
     pub data_dir: PathBuf,
     log_path: PathBuf,
     initial_cluster: String,
+    /// Started with `--initial-cluster-state existing` (added to a running cluster).
+    joins: bool,
     /// Behind a lock so a shared `&Cluster` can notice a node that died on its own.
     child: Option<Mutex<Child>>,
 }
@@ -73,6 +75,11 @@ impl NodeProcess {
             .args(["--listen-peer-urls", &self.peer_url()])
             .args(["--listen-metrics-urls", &self.metrics_url()])
             .args(["--initial-cluster", &self.initial_cluster])
+            .args(if self.joins {
+                &["--initial-cluster-state", "existing"][..]
+            } else {
+                &[][..]
+            })
             .args(["--enable-fault-injection", "true"])
             .env("QUORUMDB_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
@@ -150,6 +157,7 @@ impl Cluster {
                     data_dir: dir.path().join(&name),
                     log_path: dir.path().join(format!("{name}.log")),
                     initial_cluster: initial_cluster.clone(),
+                    joins: false,
                     name,
                     child: None,
                 }
@@ -163,6 +171,33 @@ impl Cluster {
 
     pub fn kill(&mut self, index: usize) {
         self.nodes[index].kill();
+    }
+
+    /// Prepares one more node (named n<N+1>, not started) that joins the running cluster with
+    /// `--initial-cluster-state existing`: add it with MemberAdd (its peer URL is
+    /// `peer_url()`), set its `id` from the answer, then `restart` it to start it.
+    pub fn add_node(&mut self) -> usize {
+        let ports = free_ports(3);
+        let name = format!("n{}", self.nodes.len() + 1);
+        let mut initial_cluster: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}={}", n.name, n.peer_url()))
+            .collect();
+        initial_cluster.push(format!("{name}=http://127.0.0.1:{}", ports[1]));
+        self.nodes.push(NodeProcess {
+            id: 0,
+            client_port: ports[0],
+            peer_port: ports[1],
+            metrics_port: ports[2],
+            data_dir: self._dir.path().join(&name),
+            log_path: self._dir.path().join(format!("{name}.log")),
+            initial_cluster: initial_cluster.join(","),
+            joins: true,
+            name,
+            child: None,
+        });
+        self.nodes.len() - 1
     }
 
     pub fn restart(&mut self, index: usize) {
