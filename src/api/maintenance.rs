@@ -1,8 +1,8 @@
 //! `etcdserverpb.Maintenance`: Status (what `etcdctl endpoint status` shows), alarms (none exist
-//! yet: there is no space quota), and MoveLeader through openraft's leader transfer.
+//! yet: there is no space quota), MoveLeader through openraft's leader transfer, HashKV (compare
+//! replicas) and Snapshot (a consistent backup, streamed).
 //!
-//! Snapshot, Defragment, Hash, HashKV and Downgrade belong to the cluster-operations issue; until
-//! then they answer `Unimplemented` with a message saying so.
+//! Defragment, Hash and Downgrade answer `Unimplemented` with a message saying so.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use tonic::Status;
 use super::ApiContext;
 use super::error::ApiError;
 use crate::limits::REQUEST_TIMEOUT_MS;
+use crate::limits::SNAPSHOT_CHUNK_BYTES;
 use crate::pb::etcdserverpb as etcd;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
@@ -124,20 +125,61 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("hash"))
     }
 
+    /// A hash of the key space up to a revision, equal on every member that applied it: lets
+    /// operators compare replicas (`etcdctl endpoint hashkv --cluster`).
     async fn hash_kv(
         &self,
-        _: Request<etcd::HashKvRequest>,
+        request: Request<etcd::HashKvRequest>,
     ) -> Result<Response<etcd::HashKvResponse>, Status> {
-        Err(not_yet("hashkv"))
+        let (hash, compact_revision, hash_revision) = self
+            .context
+            .reader
+            .hash_kv(request.get_ref().revision)
+            .map_err(ApiError::from)?;
+        Ok(Response::new(etcd::HashKvResponse {
+            header: Some(self.context.header(self.context.reader.revision())),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
 
+    /// A consistent backup of the key space (taken after a read-index barrier, so it holds
+    /// every write acknowledged before the call), streamed in chunks. The bytes are QuorumDB's
+    /// backup format (`store::backup`), which `quorumdb snapshot restore` reads; etcdctl
+    /// `snapshot save` stores them as they come.
     async fn snapshot(
         &self,
         _: Request<etcd::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_yet("snapshot"))
+        self.context.consensus.read_barrier().await?;
+        let reader = self.context.reader.clone();
+        let (file, summary) = tokio::task::spawn_blocking(move || reader.backup())
+            .await
+            .map_err(|e| ApiError::Internal(format!("backup task failed: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("cannot take a backup: {e}")))?;
+        tracing::info!(
+            revision = summary.revision,
+            bytes = file.len(),
+            "streaming a backup"
+        );
+        let header = self.context.header(summary.revision);
+        let total = file.len();
+        let messages: Vec<Result<etcd::SnapshotResponse, Status>> = file
+            .chunks(SNAPSHOT_CHUNK_BYTES)
+            .scan(0usize, |sent, chunk| {
+                *sent += chunk.len();
+                Some(Ok(etcd::SnapshotResponse {
+                    header: Some(header),
+                    remaining_bytes: (total - *sent) as u64,
+                    blob: chunk.to_vec(),
+                    version: ETCD_API_VERSION.to_string(),
+                }))
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
     /// Hands leadership to `targetID` and returns once this node sees the new leader.

@@ -1,5 +1,6 @@
 //! The `quorumdb` client command line: etcdctl's verbs (`put`, `get`, `del`, `txn`,
-//! `member list`, `endpoint status`, `endpoint health`) over [`crate::client`].
+//! `member list|add|remove|promote|update`, `endpoint status|health`, `snapshot
+//! save|status|restore`) over [`crate::client`].
 //!
 //! ```text
 //! quorumdb get k --prefix -w json
@@ -129,6 +130,13 @@ pub enum ClientCommand {
         #[command(flatten)]
         connection: ConnectionArgs,
     },
+    /// Back up the cluster's data to a file, inspect a backup, or seed a new member from one.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+        #[command(flatten)]
+        connection: ConnectionArgs,
+    },
     /// Members' status and health.
     Endpoint {
         #[command(subcommand)]
@@ -226,6 +234,47 @@ pub struct TxnArgs {
 pub enum MemberCommand {
     /// Every member: id, status, name, peer and client URLs, learner or not.
     List,
+    /// Add a member (start it afterwards with the printed flags).
+    Add {
+        /// The new member's name (used in the printed start command).
+        name: String,
+        /// The new member's peer URL, http://IP:PORT.
+        #[arg(long)]
+        peer_urls: String,
+        /// Add it as a learner (no vote until `member promote`).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a member (hex id, as `member list` shows it).
+    Remove { id: String },
+    /// Make a caught-up learner a voter.
+    Promote { id: String },
+    /// Change a member's peer URL.
+    Update {
+        id: String,
+        #[arg(long)]
+        peer_urls: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a consistent backup of the cluster's data to FILE (with a progress line on stderr).
+    Save {
+        file: PathBuf,
+        /// Bound on the whole download.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        download_timeout: Duration,
+    },
+    /// Check a backup file and show its revision, entries and SHA-256.
+    Status { file: PathBuf },
+    /// Seed a new member's data directory from a backup (then start it with a new
+    /// --initial-cluster, as etcdutl snapshot restore). Restore the same file for every member.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,6 +375,14 @@ async fn execute(command: ClientCommand) -> Result<String, Failure> {
             command: MemberCommand::List,
             connection,
         } => member_list(&connection).await,
+        ClientCommand::Member {
+            command,
+            connection,
+        } => member_change(command, &connection).await,
+        ClientCommand::Snapshot {
+            command,
+            connection,
+        } => snapshot(command, &connection).await,
         ClientCommand::Endpoint {
             command: EndpointCommand::Status,
             connection,
@@ -564,6 +621,190 @@ async fn member_list(connection: &ConnectionArgs) -> Result<String, Failure> {
             table.render()
         }
     })
+}
+
+fn parse_member_id(text: &str) -> Result<u64, Failure> {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16)
+        .ok()
+        .filter(|id| *id != 0)
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "{text:?} is not a member id (hex, as member list shows)"
+            ))
+        })
+}
+
+async fn member_change(
+    command: MemberCommand,
+    connection: &ConnectionArgs,
+) -> Result<String, Failure> {
+    let client = connect(connection).await?;
+    let (headline, members) = match command {
+        MemberCommand::List => unreachable!("handled by member_list"),
+        MemberCommand::Add {
+            name,
+            peer_urls,
+            learner,
+        } => {
+            let (member, members) = client.member_add(&peer_urls, learner).await?;
+            let mut initial: Vec<String> = members
+                .iter()
+                .filter(|m| m.id != member.id && !m.name.is_empty())
+                .filter_map(|m| m.peer_urls.first().map(|url| format!("{}={url}", m.name)))
+                .collect();
+            initial.push(format!("{name}={peer_urls}"));
+            let headline = format!(
+                "Member {} added{}. Start it with:\n  quorumdb server --name {name} --listen-peer-urls {peer_urls} --initial-cluster {} --initial-cluster-state existing\n{}",
+                output::hex(member.id),
+                if learner {
+                    " as a learner (promote it once it has caught up)"
+                } else {
+                    ""
+                },
+                initial.join(","),
+                if learner {
+                    format!("then: quorumdb member promote {}\n", output::hex(member.id))
+                } else {
+                    String::new()
+                },
+            );
+            (headline, members)
+        }
+        MemberCommand::Remove { id } => {
+            let id = parse_member_id(&id)?;
+            let members = client.member_remove(id).await?;
+            (format!("Member {} removed.\n", output::hex(id)), members)
+        }
+        MemberCommand::Promote { id } => {
+            let id = parse_member_id(&id)?;
+            let members = client.member_promote(id).await?;
+            (
+                format!("Member {} promoted to voter.\n", output::hex(id)),
+                members,
+            )
+        }
+        MemberCommand::Update { id, peer_urls } => {
+            let id = parse_member_id(&id)?;
+            let members = client.member_update(id, &peer_urls).await?;
+            (
+                format!(
+                    "Member {} updated: peer URL {peer_urls}.\n",
+                    output::hex(id)
+                ),
+                members,
+            )
+        }
+    };
+    Ok(match connection.write_out {
+        Format::Json => json_text(json!({
+            "members": members.iter().map(member_json).collect::<Vec<_>>(),
+        })),
+        _ => headline,
+    })
+}
+
+async fn snapshot(
+    command: SnapshotCommand,
+    connection: &ConnectionArgs,
+) -> Result<String, Failure> {
+    use crate::store::backup;
+    match command {
+        SnapshotCommand::Save {
+            file,
+            download_timeout,
+        } => {
+            let client = connect(connection).await?;
+            let show = std::io::stderr().is_terminal();
+            let bytes = client
+                .snapshot(download_timeout, |received, remaining| {
+                    if show {
+                        let total = received + remaining;
+                        eprint!(
+                            "\rreceived {:.1} of {:.1} MB ({:.0}%)",
+                            received as f64 / 1e6,
+                            total as f64 / 1e6,
+                            100.0 * received as f64 / total.max(1) as f64
+                        );
+                    }
+                })
+                .await?;
+            if show {
+                eprintln!();
+            }
+            let (summary, checksum) = backup::inspect(&bytes).map_err(|e| Error::Unknown {
+                message: format!("the downloaded backup is not usable: {e}"),
+            })?;
+            let partial = file.with_extension("part");
+            let written = std::fs::write(&partial, &bytes)
+                .and_then(|()| std::fs::File::open(&partial)?.sync_all())
+                .and_then(|()| std::fs::rename(&partial, &file));
+            if let Err(e) = written {
+                return Err(Failure::Usage(format!(
+                    "cannot write {}: {e}",
+                    file.display()
+                )));
+            }
+            Ok(match connection.write_out {
+                Format::Json => json_text(json!({
+                    "file": file.display().to_string(),
+                    "bytes": bytes.len(),
+                    "revision": summary.revision,
+                    "compact_revision": summary.compact_revision,
+                    "entries": summary.entries,
+                    "sha256": checksum,
+                })),
+                _ => format!(
+                    "Snapshot saved at {} ({} bytes, revision {}, sha256 {checksum})\n",
+                    file.display(),
+                    bytes.len(),
+                    summary.revision
+                ),
+            })
+        }
+        SnapshotCommand::Status { file } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let (summary, checksum) = backup::inspect(&bytes).map_err(|e| Error::Failed {
+                code: tonic::Code::DataLoss,
+                message: e.to_string(),
+            })?;
+            Ok(match connection.write_out {
+                Format::Json => json_text(json!({
+                    "bytes": bytes.len(),
+                    "revision": summary.revision,
+                    "compact_revision": summary.compact_revision,
+                    "entries": summary.entries,
+                    "sha256": checksum,
+                })),
+                _ => {
+                    let mut table =
+                        Table::new(&["REVISION", "COMPACT REVISION", "ENTRIES", "SIZE", "SHA256"]);
+                    table.row(vec![
+                        summary.revision.to_string(),
+                        summary.compact_revision.to_string(),
+                        summary.entries.to_string(),
+                        human_bytes(bytes.len() as i64),
+                        checksum,
+                    ]);
+                    table.render()
+                }
+            })
+        }
+        SnapshotCommand::Restore { file, data_dir } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let summary = backup::restore(&bytes, &data_dir).map_err(|e| Error::Failed {
+                code: tonic::Code::FailedPrecondition,
+                message: e.to_string(),
+            })?;
+            Ok(format!(
+                "Restored revision {} ({} entries) into {}. Start the member on it with a new --initial-cluster.\n",
+                summary.revision,
+                summary.entries,
+                data_dir.display()
+            ))
+        }
+    }
 }
 
 /// etcd's member status: a member that has not published its client URLs has not started.

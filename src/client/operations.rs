@@ -381,6 +381,187 @@ impl Client {
         Ok(members)
     }
 
+    /// A membership change or other administrative call: tried on the leader first, then the
+    /// other members, moving on only while the call provably did not reach the leader. An
+    /// ambiguous failure is [`Error::Unknown`] (a change like MemberAdd is not idempotent).
+    async fn admin_call<T, F, Fut>(&self, what: &str, call: F) -> Result<T, Error>
+    where
+        F: Fn(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.shared.config.request_timeout;
+        let mut order = self.endpoints();
+        if let Some(leader) = self.leader_endpoint() {
+            order.retain(|url| *url != leader);
+            order.insert(0, leader);
+        }
+        let mut tried = Vec::new();
+        for url in order {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let Ok(conn) = self.shared.endpoints.conn(&url) else {
+                continue;
+            };
+            match tokio::time::timeout(remaining, call(conn.channel, remaining)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(status)) => match classify(&status) {
+                    Verdict::Final(error) => return Err(error),
+                    Verdict::NotApplied(text) => tried.push(format!("{url}: {text}")),
+                    Verdict::Ambiguous(text) | Verdict::SessionForgotten(text) => {
+                        return Err(Error::Unknown {
+                            message: format!("{what} at {url}: {text}"),
+                        });
+                    }
+                },
+                Err(_) => {
+                    return Err(Error::Unknown {
+                        message: format!("{what} at {url}: no answer within {remaining:?}"),
+                    });
+                }
+            }
+        }
+        Err(Error::Unavailable {
+            message: format!("{what}: no member took it ({})", tried.join("; ")),
+        })
+    }
+
+    /// etcd's MemberAdd: adds a member with `peer_url` (as a learner if asked); returns the new
+    /// member (its id) and the members after the change.
+    pub async fn member_add(
+        &self,
+        peer_url: &str,
+        learner: bool,
+    ) -> Result<(Member, Vec<Member>), Error> {
+        let response = self
+            .admin_call("member add", |channel, timeout| {
+                let mut request = tonic::Request::new(etcd::MemberAddRequest {
+                    peer_ur_ls: vec![peer_url.to_string()],
+                    is_learner: learner,
+                });
+                request.set_timeout(timeout);
+                async move {
+                    ClusterClient::new(channel)
+                        .member_add(request)
+                        .await
+                        .map(Response::into_inner)
+                }
+            })
+            .await?;
+        let member = response
+            .member
+            .map(Member::from)
+            .ok_or_else(|| Error::Unknown {
+                message: "the server answered member add without the member".into(),
+            })?;
+        Ok((
+            member,
+            response.members.into_iter().map(Member::from).collect(),
+        ))
+    }
+
+    /// etcd's MemberRemove; returns the members after the change.
+    pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>, Error> {
+        let response = self
+            .admin_call("member remove", |channel, timeout| {
+                let mut request = tonic::Request::new(etcd::MemberRemoveRequest { id });
+                request.set_timeout(timeout);
+                async move {
+                    ClusterClient::new(channel)
+                        .member_remove(request)
+                        .await
+                        .map(Response::into_inner)
+                }
+            })
+            .await?;
+        Ok(response.members.into_iter().map(Member::from).collect())
+    }
+
+    /// etcd's MemberPromote (refused until the learner has caught up); returns the members.
+    pub async fn member_promote(&self, id: u64) -> Result<Vec<Member>, Error> {
+        let response = self
+            .admin_call("member promote", |channel, timeout| {
+                let mut request = tonic::Request::new(etcd::MemberPromoteRequest { id });
+                request.set_timeout(timeout);
+                async move {
+                    ClusterClient::new(channel)
+                        .member_promote(request)
+                        .await
+                        .map(Response::into_inner)
+                }
+            })
+            .await?;
+        Ok(response.members.into_iter().map(Member::from).collect())
+    }
+
+    /// etcd's MemberUpdate (a new peer URL); returns the members.
+    pub async fn member_update(&self, id: u64, peer_url: &str) -> Result<Vec<Member>, Error> {
+        let response = self
+            .admin_call("member update", |channel, timeout| {
+                let mut request = tonic::Request::new(etcd::MemberUpdateRequest {
+                    id,
+                    peer_ur_ls: vec![peer_url.to_string()],
+                });
+                request.set_timeout(timeout);
+                async move {
+                    ClusterClient::new(channel)
+                        .member_update(request)
+                        .await
+                        .map(Response::into_inner)
+                }
+            })
+            .await?;
+        Ok(response.members.into_iter().map(Member::from).collect())
+    }
+
+    /// A consistent backup of the cluster's data (Maintenance.Snapshot), from the first member
+    /// that serves it; `progress` sees (bytes received, bytes still to come) after each chunk.
+    /// The whole download is bounded by `timeout`, not the request timeout: backups are large.
+    pub async fn snapshot(
+        &self,
+        timeout: Duration,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Vec<u8>, Error> {
+        let mut order = self.endpoints();
+        if let Some(leader) = self.leader_endpoint() {
+            order.retain(|url| *url != leader);
+            order.insert(0, leader);
+        }
+        let mut tried = Vec::new();
+        for url in order {
+            let Ok(conn) = self.shared.endpoints.conn(&url) else {
+                continue;
+            };
+            let download = async {
+                let mut stream = MaintenanceClient::new(conn.channel)
+                    .max_decoding_message_size(usize::MAX)
+                    .snapshot(etcd::SnapshotRequest::default())
+                    .await?
+                    .into_inner();
+                let mut file = Vec::new();
+                while let Some(message) = stream.message().await? {
+                    file.extend_from_slice(&message.blob);
+                    progress(file.len() as u64, message.remaining_bytes);
+                }
+                Ok::<Vec<u8>, Status>(file)
+            };
+            match tokio::time::timeout(timeout, download).await {
+                Ok(Ok(file)) => return Ok(file),
+                Ok(Err(status)) => match classify(&status) {
+                    Verdict::Final(error) => return Err(error),
+                    Verdict::NotApplied(text)
+                    | Verdict::Ambiguous(text)
+                    | Verdict::SessionForgotten(text) => tried.push(format!("{url}: {text}")),
+                },
+                Err(_) => tried.push(format!("{url}: not done within {timeout:?}")),
+            }
+        }
+        Err(Error::Unavailable {
+            message: format!("snapshot: no member served it ({})", tried.join("; ")),
+        })
+    }
+
     /// One call to exactly `endpoint`, no failover, bounded by the request timeout.
     async fn at_endpoint<T, F, Fut>(&self, endpoint: &str, call: F) -> Result<(String, T), Error>
     where

@@ -7,6 +7,7 @@
 //! Everything outside this module sees [`LogStore`] and [`StateMachine`] (handed to openraft) and
 //! [`KvReader`] (local reads for the API); no sled type crosses this boundary.
 
+pub mod backup;
 pub mod client_sessions;
 mod codec;
 pub mod log_store;
@@ -83,6 +84,16 @@ impl KvReader {
 
     pub fn compact_revision(&self) -> i64 {
         self.keyspace.compact_revision()
+    }
+
+    /// etcd's HashKV at `revision` (<= 0: current): (hash, compact revision, hashed revision).
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), KvError> {
+        self.keyspace.hash_kv(revision)
+    }
+
+    /// A backup file of the current key space (see [`backup`]).
+    pub fn backup(&self) -> io::Result<(Vec<u8>, backup::BackupSummary)> {
+        backup::take(&self.keyspace)
     }
 
     /// Keys that currently exist.

@@ -140,6 +140,12 @@ fn free_ports(count: usize) -> Vec<u16> {
 impl Cluster {
     /// Starts `size` nodes named n1..nN that bootstrap one cluster.
     pub fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, |_| {})
+    }
+
+    /// [`Cluster::start`], running `prepare` on each node (e.g. to seed its data directory from
+    /// a backup) before any is spawned.
+    pub fn start_with(size: usize, prepare: impl Fn(&NodeProcess)) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let ports = free_ports(size * 3);
         let initial_cluster = (0..size)
@@ -163,6 +169,9 @@ impl Cluster {
                 }
             })
             .collect();
+        for node in &nodes {
+            prepare(node);
+        }
         for node in &mut nodes {
             node.spawn();
         }
