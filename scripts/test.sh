@@ -23,3 +23,5 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo nextest run --locked --no-fail-fast
+# The Compose deployment for real when a Docker engine answers (else a loud SKIPPED line).
+./scripts/compose-test.sh

@@ -18,6 +18,7 @@
 //! - [`observe`]: the HTTP side of a node: Prometheus metrics, health and routing checks,
 //!   `/status` and the live status page.
 //! - [`pb`]: generated protobuf code (etcd v3 client API and our peer service).
+//! - [`probe`]: `quorumdb probe`, the health check containers and pods run against a node.
 
 pub mod api;
 pub mod bench;
@@ -30,5 +31,6 @@ pub mod network;
 pub mod node;
 pub mod observe;
 pub mod pb;
+pub mod probe;
 pub mod store;
 pub mod types;

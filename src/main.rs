@@ -33,6 +33,8 @@ enum Command {
     /// Client verbs (etcdctl's): put, get, del, txn, member list, endpoint status/health.
     #[command(flatten)]
     Client(quorumdb::cli::ClientCommand),
+    /// Check a node's health (exit 0 healthy, 1 not): the healthcheck of containers and pods.
+    Probe(quorumdb::probe::ProbeArgs),
     /// Run a local three-node cluster in this process (clients on 127.0.0.1:2379, 22379, 32379,
     /// status pages and metrics on 2381, 22381, 32381), data under DATA_DIR/n1..n3. Ctrl-C stops it cleanly; starting it again keeps the data.
     LocalCluster {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Server(args) => run_server(*args),
         Command::LocalCluster { data_dir } => run_local_cluster(data_dir),
         Command::Bench(args) => run_bench(*args),
+        Command::Probe(args) => quorumdb::probe::run(args),
         Command::Client(command) => quorumdb::cli::run(command),
     }
 }

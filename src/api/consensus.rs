@@ -60,7 +60,10 @@ fn never_delivered(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable
         && (status.message().contains("tcp connect error")
             || status.message().contains("cut by fault injection")
-            || status.message().contains("Connection refused"))
+            || status.message().contains("Connection refused")
+            // The peer's name did not resolve (a container that is gone): no connection, so
+            // nothing was sent.
+            || status.message().contains("dns error"))
 }
 
 impl Consensus {
