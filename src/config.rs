@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::compactor::AutoCompaction;
 use crate::limits;
 use crate::types::Member;
 use crate::types::NodeId;
@@ -55,6 +56,18 @@ pub struct ServerArgs {
     /// Largest number of operations in one list of a transaction (etcd's --max-txn-ops).
     #[arg(long, env = "QUORUMDB_MAX_TXN_OPS")]
     pub max_txn_ops: Option<usize>,
+    /// Automatic compaction: `periodic` (keep a duration of history) or `revision` (keep a
+    /// number of revisions); etcd's flag, default periodic.
+    #[arg(long, env = "QUORUMDB_AUTO_COMPACTION_MODE")]
+    pub auto_compaction_mode: Option<String>,
+    /// History to keep: periodic `1h`, `30m`, `90s` or hours (`1`); revision a count; 0 (the
+    /// default) turns automatic compaction off.
+    #[arg(long, env = "QUORUMDB_AUTO_COMPACTION_RETENTION")]
+    pub auto_compaction_retention: Option<String>,
+    /// Space quota of the database in bytes (etcd's flag; default 2 GiB). Beyond it the NOSPACE
+    /// alarm is raised and puts are refused until space is freed and the alarm disarmed.
+    #[arg(long, env = "QUORUMDB_QUOTA_BACKEND_BYTES")]
+    pub quota_backend_bytes: Option<u64>,
     /// Comma-separated http://IP:PORT URLs serving /metrics, /health, /readyz, /livez, /leader,
     /// /replica, /status and the status page (etcd's flag; default: none).
     #[arg(long, env = "QUORUMDB_LISTEN_METRICS_URLS")]
@@ -95,6 +108,9 @@ pub struct NodeConfig {
     pub max_txn_ops: usize,
     /// Where the HTTP observability endpoints listen (none by default).
     pub listen_metrics_urls: Vec<String>,
+    /// Database size beyond which the NOSPACE alarm is raised.
+    pub quota_backend_bytes: u64,
+    pub auto_compaction: AutoCompaction,
     pub enable_fault_injection: bool,
 }
 
@@ -238,6 +254,11 @@ impl ServerArgs {
             max_request_bytes: self.max_request_bytes.or(file.max_request_bytes),
             max_txn_ops: self.max_txn_ops.or(file.max_txn_ops),
             listen_metrics_urls: self.listen_metrics_urls.or(file.listen_metrics_urls),
+            quota_backend_bytes: self.quota_backend_bytes.or(file.quota_backend_bytes),
+            auto_compaction_mode: self.auto_compaction_mode.or(file.auto_compaction_mode),
+            auto_compaction_retention: self
+                .auto_compaction_retention
+                .or(file.auto_compaction_retention),
             enable_fault_injection: self.enable_fault_injection.or(file.enable_fault_injection),
             config_file: Some(path),
         })
@@ -342,6 +363,22 @@ impl ServerArgs {
             Some(list) if !list.trim().is_empty() => split_urls("listen-metrics-urls", list)?,
             _ => Vec::new(),
         };
+        // etcd reads 0 as "the default".
+        let quota_backend_bytes = match args.quota_backend_bytes {
+            None | Some(0) => limits::QUOTA_BACKEND_BYTES_DEFAULT,
+            Some(bytes) if bytes > limits::QUOTA_BACKEND_BYTES_LIMIT_MAX => {
+                return Err(invalid(format!(
+                    "--quota-backend-bytes must be at most {} bytes",
+                    limits::QUOTA_BACKEND_BYTES_LIMIT_MAX
+                )));
+            }
+            Some(bytes) => bytes,
+        };
+        let auto_compaction = AutoCompaction::parse(
+            args.auto_compaction_mode.as_deref().unwrap_or("periodic"),
+            args.auto_compaction_retention.as_deref().unwrap_or("0"),
+        )
+        .map_err(invalid)?;
         let max_txn_ops = args.max_txn_ops.unwrap_or(limits::TXN_OPS_MAX);
         if max_txn_ops == 0 {
             return Err(invalid("--max-txn-ops must be positive"));
@@ -362,6 +399,8 @@ impl ServerArgs {
             max_request_bytes,
             max_txn_ops,
             listen_metrics_urls,
+            quota_backend_bytes,
+            auto_compaction,
             enable_fault_injection: args.enable_fault_injection.unwrap_or(false),
         })
     }

@@ -12,6 +12,7 @@
 //!   retries, exactly-once writes, session consistency.
 //! - [`cli`]: the `quorumdb` client verbs (put, get, del, txn, member, endpoint) over [`client`].
 //! - [`bench`]: `quorumdb bench`, a load generator over the etcd v3 API (QuorumDB or etcd).
+//! - [`compactor`]: automatic compaction on the leader (etcd's periodic and revision modes).
 //! - [`codec`]: the binary format of our own data (log, snapshots, peer payloads).
 //! - [`config`]: node configuration from flags, environment and TOML, validated once.
 //! - [`node`]: wiring: open store, start Raft, serve, shut down cleanly.
@@ -25,6 +26,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod compactor;
 pub mod config;
 pub mod limits;
 pub mod network;

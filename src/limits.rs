@@ -62,6 +62,14 @@ pub const CLIENT_SESSIONS_MAX: usize = 10_000;
 /// that long has long since given up on any write it was retrying.
 pub const CLIENT_SESSION_IDLE_LOG_ENTRIES: u64 = 1_000_000;
 
+/// etcd's default backend quota: beyond it the NOSPACE alarm is raised and writes that add
+/// data are refused until space is freed and the alarm disarmed.
+pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
+
+/// The largest `--quota-backend-bytes` accepted (etcd suggests at most 8 GiB; sled keeps its
+/// working set in memory, so far beyond that is a mistake).
+pub const QUOTA_BACKEND_BYTES_LIMIT_MAX: u64 = 64 * 1024 * 1024 * 1024;
+
 /// A learner is promoted to voter only when its log is at most this many entries behind the
 /// leader's (etcd refuses to promote a learner that is not "in sync with leader"): a voter that
 /// far behind would slow every commit while it catches up.

@@ -205,6 +205,7 @@ impl Node {
             max_txn_ops: config.max_txn_ops,
             faults: faults.clone(),
             metrics: metrics.clone(),
+            quota_backend_bytes: config.quota_backend_bytes,
         };
         for url in &config.listen_client_urls {
             let listener = bind(url).await?;
@@ -242,6 +243,12 @@ impl Node {
             leader_contact,
             leader_changes: Default::default(),
         };
+        servers.push(tokio::spawn(crate::compactor::run(
+            config.auto_compaction,
+            context.consensus.clone(),
+            context.reader.clone(),
+            stopped.clone(),
+        )));
         servers.push(tokio::spawn(observe::watch_leader_changes(
             observer.clone(),
             stopped.clone(),

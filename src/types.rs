@@ -169,12 +169,48 @@ pub enum Command {
     Compact {
         revision: i64,
     },
+    /// Raise or clear an alarm (etcd's Alarm ACTIVATE / DEACTIVATE), cluster-wide state.
+    Alarm {
+        activate: bool,
+        member: NodeId,
+        alarm: AlarmKind,
+    },
     /// A client's numbered write (exactly-once): `command` (a Put, Delete or Txn) is applied at
     /// most once per `(client, seq)`; a repeat answers the first application's response.
     Numbered {
         write: ClientWrite,
         command: Box<Command>,
     },
+}
+
+/// etcd's `AlarmType` (NONE is not an alarm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AlarmKind {
+    /// The database exceeded its space quota: only reads and deletes are accepted.
+    NoSpace,
+    /// A replica's data diverged (raised by operators or a checker).
+    Corrupt,
+}
+
+impl Command {
+    /// Whether applying it may add data (refused while a NOSPACE alarm is raised, as etcd refuses
+    /// Put and Txn-with-writes; deletes and compactions are what frees space).
+    pub fn may_add_data(&self) -> bool {
+        fn op_writes(op: &TxnRequestOp) -> bool {
+            match op {
+                TxnRequestOp::Range(_) => false,
+                TxnRequestOp::Put(_) => true,
+                TxnRequestOp::Delete(_) => false,
+                TxnRequestOp::Txn(txn) => txn.success.iter().chain(&txn.failure).any(op_writes),
+            }
+        }
+        match self {
+            Command::Put(_) => true,
+            Command::Txn(txn) => txn.success.iter().chain(&txn.failure).any(op_writes),
+            Command::Numbered { command, .. } => command.may_add_data(),
+            Command::Delete(_) | Command::Compact { .. } | Command::Alarm { .. } => false,
+        }
+    }
 }
 
 /// Who sent a numbered write, and which of its writes it is (QuorumDB's exactly-once writes).
@@ -202,6 +238,15 @@ impl fmt::Display for Command {
                 op.failure.len()
             ),
             Command::Compact { revision } => write!(f, "compact({revision})"),
+            Command::Alarm {
+                activate,
+                member,
+                alarm,
+            } => write!(
+                f,
+                "alarm({} {alarm:?} for {member:x})",
+                if *activate { "activate" } else { "deactivate" }
+            ),
             Command::Numbered { write, command } => {
                 write!(
                     f,
@@ -254,6 +299,8 @@ pub enum CommandOutput {
     },
     Txn(TxnResult),
     Compact,
+    /// An alarm command: the alarms it actually raised or cleared (empty if none changed).
+    Alarms(Vec<(NodeId, AlarmKind)>),
     /// Blank and membership entries: nothing changed in the key space.
     Nothing,
 }
@@ -278,6 +325,9 @@ pub enum KvError {
         "quorumdb: client session {client:x} no longer holds write {seq} (older than its window or expired); not applied now, use a new client id"
     )]
     ClientSessionForgotten { client: u64, seq: u64 },
+    /// A write that may add data while a NOSPACE alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 /// The applied result of a log entry. `revision` is the store revision after the entry (the new

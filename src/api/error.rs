@@ -97,6 +97,7 @@ impl From<ApiError> for Status {
             Kv(KvError::KeyNotFound) => Status::invalid_argument(message),
             Kv(KvError::LeaseNotFound) | MemberNotFound => Status::not_found(message),
             Kv(KvError::ClientSessionForgotten { .. }) => Status::failed_precondition(message),
+            Kv(KvError::NoSpace) => Status::resource_exhausted(message),
             NoLeader
             | LeaderChanged
             | Timeout

@@ -15,9 +15,11 @@ use super::metadata;
 use crate::pb::etcdserverpb as etcd;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::types::AlarmKind;
 use crate::types::Command;
 use crate::types::CommandOutput;
 use crate::types::CommandResponse;
+use crate::types::KvError;
 use crate::types::SortOrder;
 use crate::types::SortTarget;
 
@@ -65,6 +67,9 @@ impl KvService {
         request: &Request<T>,
         command: Command,
     ) -> Result<(CommandOutput, i64), ApiError> {
+        if command.may_add_data() {
+            self.check_space().await?;
+        }
         let command = match metadata::numbered_write(request.metadata())? {
             Some(write) => Command::Numbered {
                 write,
@@ -86,6 +91,40 @@ impl KvService {
             return Err(ApiError::ResponseDropped);
         }
         Ok((result?, revision))
+    }
+}
+
+impl KvService {
+    /// etcd's quota check before a write that may add data: past the quota, this member raises
+    /// its NOSPACE alarm (once) and the write is refused, as every write that adds data is while
+    /// the alarm stands.
+    async fn check_space(&self) -> Result<(), ApiError> {
+        let size = self.context.reader.db_size_bytes();
+        if size <= self.context.quota_backend_bytes {
+            return Ok(());
+        }
+        let member = self.context.member_id();
+        if !self
+            .context
+            .reader
+            .alarms()
+            .is_raised(member, AlarmKind::NoSpace)
+        {
+            tracing::warn!(
+                size,
+                quota = self.context.quota_backend_bytes,
+                "database space exceeded: raising the NOSPACE alarm"
+            );
+            self.context
+                .consensus
+                .write(Command::Alarm {
+                    activate: true,
+                    member,
+                    alarm: AlarmKind::NoSpace,
+                })
+                .await?;
+        }
+        Err(ApiError::Kv(KvError::NoSpace))
     }
 }
 

@@ -1,8 +1,9 @@
-//! `etcdserverpb.Maintenance`: Status (what `etcdctl endpoint status` shows), alarms (none exist
-//! yet: there is no space quota), MoveLeader through openraft's leader transfer, HashKV (compare
+//! `etcdserverpb.Maintenance`: Status (what `etcdctl endpoint status` shows), alarms (NOSPACE is
+//! raised past `--quota-backend-bytes`; GET / ACTIVATE / DEACTIVATE as etcd), MoveLeader through openraft's leader transfer, HashKV (compare
 //! replicas) and Snapshot (a consistent backup, streamed).
 //!
-//! Defragment, Hash and Downgrade answer `Unimplemented` with a message saying so.
+//! Defragment flushes (sled has nothing to defragment: see the method). Hash and Downgrade
+//! answer `Unimplemented` with a message saying so.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -20,6 +21,9 @@ use crate::limits::SNAPSHOT_CHUNK_BYTES;
 use crate::pb::etcdserverpb as etcd;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::types::AlarmKind;
+use crate::types::Command;
+use crate::types::CommandOutput;
 
 /// The etcd API version we speak; clients parse `major.minor` and require at least 3.2.
 pub const ETCD_API_VERSION: &str = "3.5.0";
@@ -51,6 +55,7 @@ impl MaintenanceService {
         if leader == 0 {
             errors.push("etcdserver: no leader".to_string());
         }
+        errors.extend(context.reader.alarms().list().into_iter().map(alarm_text));
         etcd::StatusResponse {
             header: Some(etcd::ResponseHeader {
                 cluster_id: context.cluster_id,
@@ -82,26 +87,85 @@ fn not_yet(what: &str) -> Status {
     .into()
 }
 
+fn alarm_member((member, kind): (u64, AlarmKind)) -> etcd::AlarmMember {
+    etcd::AlarmMember {
+        member_id: member,
+        alarm: match kind {
+            AlarmKind::NoSpace => etcd::AlarmType::Nospace,
+            AlarmKind::Corrupt => etcd::AlarmType::Corrupt,
+        } as i32,
+    }
+}
+
+/// An alarm as etcd's Status `errors` shows it (Go proto-text form).
+pub fn alarm_text((member, kind): (u64, AlarmKind)) -> String {
+    let name = match kind {
+        AlarmKind::NoSpace => "NOSPACE",
+        AlarmKind::Corrupt => "CORRUPT",
+    };
+    format!("memberID:{member} alarm:{name}")
+}
+
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<etcd::SnapshotResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// etcd's alarms: GET lists every raised alarm; ACTIVATE and DEACTIVATE go through the log
+    /// (cluster-wide) and answer the alarms they changed (none if nothing changed).
     async fn alarm(
         &self,
         request: Request<etcd::AlarmRequest>,
     ) -> Result<Response<etcd::AlarmResponse>, Status> {
-        // No alarm can be raised yet (no space quota), so GET is truthfully empty and
-        // DEACTIVATE removes nothing, which etcd answers with an empty list too.
-        match etcd::alarm_request::AlarmAction::try_from(request.get_ref().action) {
-            Ok(
-                etcd::alarm_request::AlarmAction::Get
-                | etcd::alarm_request::AlarmAction::Deactivate,
-            ) => Ok(Response::new(etcd::AlarmResponse {
-                header: Some(self.context.header(self.context.reader.revision())),
-                alarms: Vec::new(),
-            })),
-            _ => Err(not_yet("raising an alarm")),
-        }
+        let request = request.into_inner();
+        let action = etcd::alarm_request::AlarmAction::try_from(request.action).map_err(|_| {
+            ApiError::InvalidMetadata {
+                key: "action",
+                reason: format!("unknown alarm action {}", request.action),
+            }
+        })?;
+        let kind = match etcd::AlarmType::try_from(request.alarm) {
+            Ok(etcd::AlarmType::None) => None,
+            Ok(etcd::AlarmType::Nospace) => Some(AlarmKind::NoSpace),
+            Ok(etcd::AlarmType::Corrupt) => Some(AlarmKind::Corrupt),
+            Err(_) => {
+                return Err(ApiError::InvalidMetadata {
+                    key: "alarm",
+                    reason: format!("unknown alarm type {}", request.alarm),
+                }
+                .into());
+            }
+        };
+        let alarms = match (action, kind) {
+            // Linearizable, as etcd's (which goes through its log): after a disarm is
+            // acknowledged, no member lists the alarm.
+            (etcd::alarm_request::AlarmAction::Get, _) => {
+                self.context.consensus.read_barrier().await?;
+                self.context.reader.alarms().list()
+            }
+            // etcd: activating or deactivating NONE changes nothing.
+            (_, None) => Vec::new(),
+            (action, Some(alarm)) => {
+                let command = Command::Alarm {
+                    activate: action == etcd::alarm_request::AlarmAction::Activate,
+                    member: request.member_id,
+                    alarm,
+                };
+                let response = self.context.consensus.write(command).await?;
+                match response.result.map_err(ApiError::from)? {
+                    CommandOutput::Alarms(changed) => changed,
+                    other => {
+                        return Err(ApiError::Internal(format!(
+                            "an alarm answered with {other:?}"
+                        ))
+                        .into());
+                    }
+                }
+            }
+        };
+        Ok(Response::new(etcd::AlarmResponse {
+            header: Some(self.context.header(self.context.reader.revision())),
+            alarms: alarms.into_iter().map(alarm_member).collect(),
+        }))
     }
 
     async fn status(
@@ -111,11 +175,28 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(Self::status(&self.context)))
     }
 
+    /// etcd rewrites its bbolt file to give freed pages back. sled has no such operation: it
+    /// reuses freed space itself as it rewrites segments. What an operator wants from a defrag,
+    /// everything durable and the size reported accurately afterwards, is a flush, so that is
+    /// what this does (and says so in the log).
     async fn defragment(
         &self,
         _: Request<etcd::DefragmentRequest>,
     ) -> Result<Response<etcd::DefragmentResponse>, Status> {
-        Err(not_yet("defragment"))
+        let reader = self.context.reader.clone();
+        let before = reader.db_size_bytes();
+        tokio::task::spawn_blocking(move || reader.flush())
+            .await
+            .map_err(|e| ApiError::Internal(format!("flush task failed: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("cannot flush the database: {e}")))?;
+        tracing::info!(
+            before,
+            after = self.context.reader.db_size_bytes(),
+            "defragment: flushed (sled reclaims freed space by itself)"
+        );
+        Ok(Response::new(etcd::DefragmentResponse {
+            header: Some(self.context.header(self.context.reader.revision())),
+        }))
     }
 
     async fn hash(

@@ -45,6 +45,8 @@ pub struct ApiContext {
     /// The fault seam (only ever set through the peer service's SetFaults, in tests).
     pub faults: Faults,
     pub metrics: Arc<NodeMetrics>,
+    /// etcd's `--quota-backend-bytes`.
+    pub quota_backend_bytes: u64,
 }
 
 impl ApiContext {

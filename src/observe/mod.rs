@@ -331,7 +331,7 @@ pub struct StatusView {
     pub db_size_bytes: u64,
     pub members: Vec<MemberView>,
     pub leader_changes: Vec<LeaderChange>,
-    /// Raised alarms (the space quota lands with its issue; none can be raised yet).
+    /// Raised alarms, as etcd's Status shows them (`memberID:<id> alarm:NOSPACE`).
     pub alarms: Vec<String>,
 }
 
@@ -407,7 +407,13 @@ pub fn status_view(observer: &Observer) -> StatusView {
             .iter()
             .cloned()
             .collect(),
-        alarms: Vec::new(),
+        alarms: observer
+            .reader
+            .alarms()
+            .list()
+            .into_iter()
+            .map(crate::api::maintenance::alarm_text)
+            .collect(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! Everything outside this module sees [`LogStore`] and [`StateMachine`] (handed to openraft) and
 //! [`KvReader`] (local reads for the API); no sled type crosses this boundary.
 
+pub mod alarms;
 pub mod backup;
 pub mod client_sessions;
 mod codec;
@@ -51,16 +52,22 @@ pub fn open_with_metrics(data_dir: &Path, metrics: StoreMetrics) -> io::Result<S
         db.open_tree("keyspace").map_err(codec::sled_error)?,
     )?);
     let log_store = LogStore::open(db.clone(), metrics.flush_seconds.clone())?;
+    let alarms = alarms::Alarms::default();
     let state_machine = StateMachine::open(
         db.clone(),
         keyspace.clone(),
         data_dir.join("snapshots"),
         metrics,
+        alarms.clone(),
     )?;
     Ok(Store {
         log_store,
         state_machine,
-        reader: KvReader { db, keyspace },
+        reader: KvReader {
+            db,
+            keyspace,
+            alarms,
+        },
     })
 }
 
@@ -70,6 +77,7 @@ pub fn open_with_metrics(data_dir: &Path, metrics: StoreMetrics) -> io::Result<S
 pub struct KvReader {
     db: sled::Db,
     keyspace: Arc<mvcc::KeySpace>,
+    alarms: alarms::Alarms,
 }
 
 impl KvReader {
@@ -96,9 +104,19 @@ impl KvReader {
         backup::take(&self.keyspace)
     }
 
+    /// The raised alarms (as last applied on this member).
+    pub fn alarms(&self) -> &alarms::Alarms {
+        &self.alarms
+    }
+
     /// Keys that currently exist.
     pub fn live_key_count(&self) -> usize {
         self.keyspace.live_key_count()
+    }
+
+    /// Makes everything written so far durable (the whole database).
+    pub fn flush(&self) -> io::Result<()> {
+        self.db.flush().map(|_| ()).map_err(codec::sled_error)
     }
 
     /// Bytes the database takes on disk.

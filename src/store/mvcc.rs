@@ -647,6 +647,8 @@ impl Apply<'_> {
             // Whether a numbered write runs at all is the state machine's decision (its client
             // sessions); once it runs, it is its command.
             Command::Numbered { command, .. } => return self.execute(command),
+            // Alarms are the state machine's, outside the key space: nothing changes here.
+            Command::Alarm { .. } => Ok(CommandOutput::Alarms(Vec::new())),
         };
 
         match &result {

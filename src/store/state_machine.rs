@@ -31,6 +31,8 @@ use openraft::entry::RaftEntry;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 
+use super::alarms::AlarmPlan;
+use super::alarms::Alarms;
 use super::client_sessions::Admission;
 use super::client_sessions::BatchRecord;
 use super::client_sessions::ClientSessions;
@@ -43,6 +45,8 @@ use crate::codec::decode;
 use crate::codec::encode;
 use crate::observe::metrics::StoreMetrics;
 use crate::types::Command;
+use crate::types::CommandOutput;
+use crate::types::KvError;
 use crate::types::TypeConfig;
 
 fn extra_key(name: &[u8]) -> Vec<u8> {
@@ -70,6 +74,8 @@ pub struct StateMachine {
     last_applied: Option<LogIdOf<TypeConfig>>,
     /// Index over the client sessions stored in the key space (exactly-once writes).
     sessions: ClientSessions,
+    /// Raised alarms, shared with readers.
+    alarms: Alarms,
     metrics: StoreMetrics,
 }
 
@@ -79,6 +85,7 @@ impl StateMachine {
         keyspace: Arc<KeySpace>,
         snapshot_dir: PathBuf,
         metrics: StoreMetrics,
+        alarms: Alarms,
     ) -> io::Result<Self> {
         let mut state_machine = StateMachine {
             db,
@@ -86,10 +93,12 @@ impl StateMachine {
             snapshots: SnapshotFiles::open(snapshot_dir)?,
             last_applied: None,
             sessions: ClientSessions::default(),
+            alarms,
             metrics,
         };
         state_machine.last_applied = state_machine.read_applied_state()?.0;
         state_machine.sessions = ClientSessions::load(&state_machine.keyspace)?;
+        state_machine.alarms.reload(&state_machine.keyspace)?;
         Ok(state_machine)
     }
 
@@ -106,6 +115,14 @@ impl StateMachine {
         };
         Ok((applied, membership))
     }
+}
+
+/// What an entry that does not run in the key space answers.
+#[derive(Debug, Clone)]
+enum Answer {
+    Session(Admission),
+    Refused(KvError),
+    Alarms(Vec<(crate::types::NodeId, crate::types::AlarmKind)>),
 }
 
 /// Takes the key-space copy when created (inside the state machine task) and does the slow part,
@@ -171,11 +188,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
         let mut membership = None;
         let mut record = BatchRecord::default();
-        // Per position: a numbered write that must not run, and what it answers instead.
-        let mut answers: Vec<Option<Admission>> = vec![None; batch.len()];
+        let mut alarm_plan = AlarmPlan::new(&self.alarms);
+        // Per position: an entry that must not run in the key space, and what it answers.
+        let mut answers: Vec<Option<Answer>> = vec![None; batch.len()];
         let mut commands: Vec<Option<&Command>> = Vec::with_capacity(batch.len());
         for (position, (entry, _)) in batch.iter().enumerate() {
             commands.push(match &entry.payload {
+                // Refused before a numbered write is admitted: refused is not applied, so a
+                // retry after the alarm is cleared runs as a new write.
+                EntryPayload::Normal(command)
+                    if command.may_add_data() && alarm_plan.no_space() =>
+                {
+                    answers[position] = Some(Answer::Refused(KvError::NoSpace));
+                    None
+                }
+                EntryPayload::Normal(Command::Alarm {
+                    activate,
+                    member,
+                    alarm,
+                }) => {
+                    let changed = alarm_plan.change(*activate, *member, *alarm);
+                    answers[position] = Some(Answer::Alarms(changed));
+                    None
+                }
                 EntryPayload::Normal(command @ Command::Numbered { write, .. }) => {
                     let admission = self.sessions.admit(
                         &self.keyspace,
@@ -187,7 +222,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     if admission == Admission::Apply {
                         Some(command)
                     } else {
-                        answers[position] = Some(admission);
+                        answers[position] = Some(Answer::Session(admission));
                         None
                     }
                 }
@@ -202,11 +237,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             });
         }
+        let (alarm_changes, alarms_after) = alarm_plan.finish();
 
         let mut extra = vec![(applied_key(), Some(encode(&last_applied)?))];
         if let Some(membership) = membership {
             extra.push((membership_key(), Some(encode(&membership)?)));
         }
+        extra.extend(alarm_changes);
         let sessions = &self.sessions;
         let mut responses = self.keyspace.apply_with(&commands, |responses| {
             extra.extend(sessions.stored_changes(&record, responses)?);
@@ -218,16 +255,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.len(),
             "one response per applied entry"
         );
+        self.alarms.publish(alarms_after);
         for (position, answer) in answers.into_iter().enumerate() {
             match answer {
-                None | Some(Admission::Apply) => {}
-                Some(Admission::Replay(response)) => responses[position] = response,
-                Some(Admission::ReplayInBatch(earlier)) => {
+                None | Some(Answer::Session(Admission::Apply)) => {}
+                Some(Answer::Session(Admission::Replay(response))) => {
+                    responses[position] = response
+                }
+                Some(Answer::Session(Admission::ReplayInBatch(earlier))) => {
                     assert!(earlier < position, "a replay follows what it replays");
                     responses[position] = responses[earlier].clone();
                 }
-                // Nothing was applied: the current revision, and the session's refusal.
-                Some(Admission::Forgotten(error)) => responses[position].result = Err(error),
+                // Nothing was applied: the current revision, and the refusal.
+                Some(Answer::Session(Admission::Forgotten(error)) | Answer::Refused(error)) => {
+                    responses[position].result = Err(error)
+                }
+                Some(Answer::Alarms(changed)) => {
+                    responses[position].result = Ok(CommandOutput::Alarms(changed))
+                }
             }
         }
 
@@ -297,6 +342,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.last_applied = meta.last_log_id;
         // The snapshot's client sessions replace ours, as its data replaces our data.
         self.sessions = ClientSessions::load(&self.keyspace)?;
+        self.alarms.reload(&self.keyspace)?;
         self.db.flush_async().await.map_err(sled_error)?;
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         self.metrics.snapshots_installed.inc();

@@ -37,6 +37,8 @@ pub struct NodeProcess {
     initial_cluster: String,
     /// Started with `--initial-cluster-state existing` (added to a running cluster).
     joins: bool,
+    /// More `quorumdb server` flags.
+    extra_args: Vec<String>,
     /// Behind a lock so a shared `&Cluster` can notice a node that died on its own.
     child: Option<Mutex<Child>>,
 }
@@ -81,6 +83,7 @@ impl NodeProcess {
                 &[][..]
             })
             .args(["--enable-fault-injection", "true"])
+            .args(&self.extra_args)
             .env("QUORUMDB_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
@@ -146,6 +149,15 @@ impl Cluster {
     /// [`Cluster::start`], running `prepare` on each node (e.g. to seed its data directory from
     /// a backup) before any is spawned.
     pub fn start_with(size: usize, prepare: impl Fn(&NodeProcess)) -> Cluster {
+        Cluster::build(size, &[], prepare)
+    }
+
+    /// [`Cluster::start`] with more `quorumdb server` flags for every node.
+    pub fn start_with_args(size: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::build(size, extra_args, |_| {})
+    }
+
+    fn build(size: usize, extra_args: &[&str], prepare: impl Fn(&NodeProcess)) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let ports = free_ports(size * 3);
         let initial_cluster = (0..size)
@@ -164,6 +176,7 @@ impl Cluster {
                     log_path: dir.path().join(format!("{name}.log")),
                     initial_cluster: initial_cluster.clone(),
                     joins: false,
+                    extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
                     name,
                     child: None,
                 }
@@ -203,6 +216,7 @@ impl Cluster {
             log_path: self._dir.path().join(format!("{name}.log")),
             initial_cluster: initial_cluster.join(","),
             joins: true,
+            extra_args: Vec::new(),
             name,
             child: None,
         });
