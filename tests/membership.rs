@@ -339,6 +339,29 @@ async fn bad_membership_requests_get_etcd_errors_and_change_nothing() {
         let (voters_after, learners) = roles(&mut client).await;
         assert_eq!(voters_after, voters_before, "no voter changed");
         assert_eq!(learners, BTreeSet::from([learner]));
+
+        // MemberUpdate moves a member to a new peer URL; a URL another member has is refused.
+        client
+            .member_update(learner, vec!["http://127.0.0.1:10".to_string()])
+            .await
+            .expect("update the learner's peer URL");
+        let list = client.member_list().await.expect("member list");
+        let updated = list
+            .members()
+            .iter()
+            .find(|m| m.id() == learner)
+            .expect("still a member");
+        assert_eq!(updated.peer_urls(), ["http://127.0.0.1:10"]);
+        let taken = client
+            .member_update(learner, vec![cluster.nodes[leader].peer_url()])
+            .await
+            .expect_err("the leader's URL");
+        assert_eq!(code_and_message(taken).0, Code::FailedPrecondition);
+        let unknown = client
+            .member_update(12345, vec!["http://127.0.0.1:11".to_string()])
+            .await
+            .expect_err("no such member");
+        assert_eq!(code_and_message(unknown).0, Code::NotFound);
         client
             .member_remove(learner)
             .await
