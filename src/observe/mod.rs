@@ -123,6 +123,15 @@ pub async fn watch_leader_changes(observer: Observer, mut stopped: watch::Receiv
             if last.is_some() && leader.is_some() {
                 observer.metrics.leader_changes.inc();
             }
+            match (leader, &name) {
+                (Some(id), Some(name)) => {
+                    tracing::info!(term, leader = %format!("{id:x}"), leader_name = %name, "leader changed")
+                }
+                (Some(id), None) => {
+                    tracing::info!(term, leader = %format!("{id:x}"), "leader changed")
+                }
+                (None, _) => tracing::info!(term, "no leader"),
+            }
             let mut history = observer.leader_changes.lock().expect("history lock");
             history.push_back(LeaderChange {
                 at_unix_ms: unix_ms(),

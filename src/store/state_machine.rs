@@ -208,6 +208,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     alarm,
                 }) => {
                     let changed = alarm_plan.change(*activate, *member, *alarm);
+                    if !changed.is_empty() {
+                        tracing::warn!(
+                            member = %format!("{member:x}"),
+                            ?alarm,
+                            "alarm {}",
+                            if *activate { "raised" } else { "cleared" }
+                        );
+                    }
                     answers[position] = Some(Answer::Alarms(changed));
                     None
                 }
@@ -229,6 +237,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(command) => Some(command),
                 EntryPayload::Blank => None,
                 EntryPayload::Membership(m) => {
+                    tracing::info!(log_id = %entry.log_id(), membership = %m, "membership changed");
                     membership = Some(StoredMembershipOf::<TypeConfig>::new(
                         Some(entry.log_id()),
                         m.clone(),
