@@ -60,7 +60,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(quorumdb::cli::connection_flags_after_verb(
+        std::env::args_os().collect(),
+    ));
     let filter = EnvFilter::try_from_env("QUORUMDB_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let logs = tracing_subscriber::fmt()

@@ -89,6 +89,55 @@ pub struct ConnectionArgs {
     pub write_out: Format,
 }
 
+/// Flags of [`ConnectionArgs`] (with a value each), as they may come before the verb.
+const CONNECTION_FLAGS: [&str; 6] = [
+    "--endpoints",
+    "--consistency",
+    "--timeout",
+    "--connect-timeout",
+    "--write-out",
+    "-w",
+];
+
+/// etcdctl takes its global flags before the verb (`etcdctl --endpoints=X get k`); clap takes
+/// ours after it (they are per verb, so `bench --endpoints` keeps its own). This moves leading
+/// connection flags to the end of the command line, where every verb accepts them. Anything it
+/// does not recognise stops the scan and is left to clap.
+pub fn connection_flags_after_verb(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args = args.into_iter();
+    let mut kept: Vec<std::ffi::OsString> = args.next().into_iter().collect();
+    let mut moved = Vec::new();
+    let mut rest: Vec<std::ffi::OsString> = args.collect();
+    let mut index = 0;
+    while index < rest.len() {
+        let Some(text) = rest[index].to_str() else {
+            break;
+        };
+        let name = text.split_once('=').map_or(text, |(name, _)| name);
+        let takes_value_after = !text.contains('=');
+        if CONNECTION_FLAGS.contains(&name) {
+            moved.push(rest[index].clone());
+            if takes_value_after && index + 1 < rest.len() {
+                moved.push(rest[index + 1].clone());
+                index += 1;
+            }
+            index += 1;
+        } else if name == "--log-format" {
+            kept.push(rest[index].clone());
+            if takes_value_after && index + 1 < rest.len() {
+                kept.push(rest[index + 1].clone());
+                index += 1;
+            }
+            index += 1;
+        } else {
+            break;
+        }
+    }
+    kept.extend(rest.drain(index..));
+    kept.extend(moved);
+    kept
+}
+
 /// Parses `5s`, `500ms`, `2m`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -1041,6 +1090,47 @@ fn human_bytes(bytes: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_flags_before_the_verb_move_after_it() {
+        let moved = |args: &[&str]| -> Vec<String> {
+            connection_flags_after_verb(args.iter().map(std::ffi::OsString::from).collect())
+                .into_iter()
+                .map(|a| a.into_string().expect("UTF-8"))
+                .collect()
+        };
+        assert_eq!(
+            moved(&["quorumdb", "--endpoints", "a:1", "-w", "json", "get", "k"]),
+            ["quorumdb", "get", "k", "--endpoints", "a:1", "-w", "json"]
+        );
+        assert_eq!(
+            moved(&[
+                "quorumdb",
+                "--endpoints=a:1",
+                "--log-format",
+                "json",
+                "member",
+                "list"
+            ]),
+            [
+                "quorumdb",
+                "--log-format",
+                "json",
+                "member",
+                "list",
+                "--endpoints=a:1"
+            ]
+        );
+        assert_eq!(
+            moved(&["quorumdb", "get", "k", "--endpoints", "a:1"]),
+            ["quorumdb", "get", "k", "--endpoints", "a:1"],
+            "already after the verb: untouched"
+        );
+        assert_eq!(
+            moved(&["quorumdb", "--frob", "get"]),
+            ["quorumdb", "--frob", "get"]
+        );
+    }
 
     #[test]
     fn durations_take_etcdctl_forms() {
