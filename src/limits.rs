@@ -34,6 +34,15 @@ pub const READ_INDEX_APPLY_WAIT_MS_MAX: u64 = 5000;
 /// Timeout of one peer RPC (append, vote); snapshots get longer per chunk.
 pub const PEER_RPC_TIMEOUT_MS: u64 = 2000;
 
+/// HTTP/2 keepalive on peer channels: a ping after this long without traffic...
+pub const PEER_KEEPALIVE_INTERVAL_MS: u64 = 1000;
+
+/// ...and the connection is dropped (then re-dialed on next use) if the ping is not answered in
+/// this long. Without it a connection that lived through a partition sits in TCP
+/// retransmission backoff after the heal, and the member stays unreachable for 10-20 s (found
+/// by the Jepsen suite, jepsen/README.md).
+pub const PEER_KEEPALIVE_TIMEOUT_MS: u64 = 1000;
+
 /// Size of one snapshot chunk on the peer service: bounded so a chunk never nears the decode limit.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 512 * 1024;
 

@@ -9,6 +9,8 @@ use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
 use super::Faults;
+use crate::limits::PEER_KEEPALIVE_INTERVAL_MS;
+use crate::limits::PEER_KEEPALIVE_TIMEOUT_MS;
 use crate::limits::PEER_MESSAGE_BYTES_MAX;
 use crate::limits::PEER_RPC_TIMEOUT_MS;
 use crate::pb::peer::peer_client::PeerClient;
@@ -60,7 +62,8 @@ impl Peers {
                     })?
                     .connect_timeout(Duration::from_millis(PEER_RPC_TIMEOUT_MS))
                     .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .http2_keep_alive_interval(Duration::from_millis(PEER_KEEPALIVE_INTERVAL_MS))
+                    .keep_alive_timeout(Duration::from_millis(PEER_KEEPALIVE_TIMEOUT_MS))
                     .keep_alive_while_idle(true);
                 let channel = endpoint.connect_lazy();
                 channels.insert(peer_url.to_string(), channel.clone());

@@ -130,14 +130,39 @@ pub struct Cluster {
     _dir: TempDir,
 }
 
+/// Ports the nodes listen on are picked here, below the kernel's ephemeral range (32768-60999 on
+/// Linux): a port handed out by `bind(0)` and released goes straight back to that pool, where
+/// any outgoing connection of a concurrently running test may take it before our node binds it.
+const NODE_PORT_RANGE: std::ops::Range<u16> = 10_000..32_000;
+
+/// `count` distinct ports that were free a moment ago, chosen at random in [`NODE_PORT_RANGE`]
+/// (so concurrent test processes rarely pick the same ones).
 fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering;
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let seed = u64::from(std::process::id()) << 32
+        ^ DRAWS.fetch_add(1, Ordering::SeqCst)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    let mut rng = TestRng::new(seed);
+    let span = usize::from(NODE_PORT_RANGE.end - NODE_PORT_RANGE.start);
+    let mut taken = TAKEN.lock().expect("ports lock");
+    let mut ports = Vec::with_capacity(count);
+    while ports.len() < count {
+        let port = NODE_PORT_RANGE.start + rng.below(span) as u16;
+        if taken.contains(&port) || ports.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    taken.extend(&ports);
+    ports
 }
 
 impl Cluster {
