@@ -21,7 +21,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo nextest run --locked --no-fail-fast
 # The Compose deployment for real when a Docker engine answers (else a loud SKIPPED line).
 ./scripts/compose-test.sh
+# The Jepsen-style fault suite: real processes, nftables partitions, kills, pauses, a checker
+# that must catch a planted anomaly (jepsen/README.md). Needs root.
+./jepsen/run-ci.sh

@@ -71,6 +71,18 @@ pub fn open_with_metrics(data_dir: &Path, metrics: StoreMetrics) -> io::Result<S
     })
 }
 
+/// Opens (or creates) only the MVCC key space of the database under `data_dir`, with no log
+/// store, state machine or flusher around it: for benchmarks and tests of [`mvcc::KeySpace`]
+/// alone, which cannot build one themselves since sled stays behind this module.
+pub fn open_keyspace(data_dir: &Path) -> io::Result<mvcc::KeySpace> {
+    std::fs::create_dir_all(data_dir)?;
+    let db = sled::Config::new()
+        .path(data_dir.join("db"))
+        .open()
+        .map_err(codec::sled_error)?;
+    mvcc::KeySpace::open(db.open_tree("keyspace").map_err(codec::sled_error)?)
+}
+
 /// Local reads of the key space, shared with the state machine. Whether a read through it is
 /// linearizable is decided by the caller (read index), not here.
 #[derive(Clone)]
