@@ -371,3 +371,66 @@ async fn bad_membership_requests_get_etcd_errors_and_change_nothing() {
     })
     .await;
 }
+
+/// A member added after the leader purged its log can only catch up by installing a snapshot,
+/// then by log; it is promoted and serves everything written before it joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_after_the_log_was_purged_catches_up_by_snapshot_then_votes() {
+    const WRITES: usize = 6500;
+    const WRITERS: usize = 32;
+    in_time(async {
+        let mut cluster = Cluster::start(3);
+        let leader = cluster.wait_for_leader().await;
+        let client = cluster.client(leader).await;
+        let mut tasks = Vec::new();
+        for writer in 0..WRITERS {
+            let mut client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in (writer..WRITES).step_by(WRITERS) {
+                    client
+                        .put(format!("purged/{i:05}"), "v", None)
+                        .await
+                        .expect("put on a healthy cluster");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("writer");
+        }
+        // Snapshot every 5,000 entries, 1,000 kept: once built, the start of the log is gone.
+        cluster
+            .eventually(
+                Duration::from_secs(60),
+                "the leader builds a snapshot",
+                || {
+                    let log = cluster.nodes[leader].log();
+                    async move {
+                        if log.contains("built snapshot") {
+                            Ok(())
+                        } else {
+                            Err("no snapshot yet".to_string())
+                        }
+                    }
+                },
+            )
+            .await;
+
+        let mut admin = client_on(&cluster, &[0, 1, 2]).await;
+        let n4 = cluster.add_node();
+        grow(&mut cluster, &mut admin, n4).await;
+        assert!(
+            cluster.nodes[n4].log().contains("installed snapshot"),
+            "n4 caught up by snapshot"
+        );
+        let mut on_n4 = cluster.client(n4).await;
+        let count = on_n4
+            .get(
+                "purged/",
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .expect("a linearizable read on the new member");
+        assert_eq!(count.count(), WRITES as i64);
+    })
+    .await;
+}
