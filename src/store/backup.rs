@@ -174,10 +174,8 @@ mod tests {
     use crate::types::RangeOp;
 
     fn keyspace(dir: &Path) -> KeySpace {
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .open()
-            .expect("open");
+        // A restore just dropped its handle on this database: wait for sled to release it.
+        let db = crate::store::mvcc::tests::open_when_released(&dir.join("db"));
         KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("keyspace")
     }
 

@@ -1293,7 +1293,7 @@ fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<Loaded> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -2440,6 +2440,24 @@ mod tests {
         assert_eq!(keyspace.revision(), 2);
     }
 
+    /// Opens the sled database at `path`, waiting (bounded) for a dropped handle's background
+    /// threads to release its file lock: sled lets go of it shortly after the last drop.
+    pub(crate) fn open_when_released(path: &std::path::Path) -> sled::Db {
+        let mut attempts = 0;
+        loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => return db,
+                Err(error)
+                    if attempts < 100 && error.to_string().contains("could not acquire lock") =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => panic!("open {}: {error}", path.display()),
+            }
+        }
+    }
+
     #[test]
     fn reopening_the_tree_restores_revision_compact_revision_and_data() {
         let directory = tempfile::tempdir().expect("tempdir");
@@ -2453,7 +2471,7 @@ mod tests {
             run(&keyspace, Command::Compact { revision: 3 });
             db.flush().expect("flush");
         }
-        let db = sled::Config::new().path(&path).open().expect("reopen db");
+        let db = open_when_released(&path);
         let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("reopen");
         assert_eq!(
             (
