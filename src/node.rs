@@ -314,6 +314,20 @@ impl Node {
 /// How long the start-up check waits for each peer's answer; an unreachable peer is skipped.
 const BOOTSTRAP_PROBE_TIMEOUT_MS: u64 = 1000;
 
+/// What peer `id` knows of the membership, or `None` if it does not answer in time (at first
+/// start peers may be down: callers skip them).
+async fn ask_members(peers: &Peers, id: NodeId, member: &Member) -> Option<network::MembersReply> {
+    let mut client = peers.client(id, &member.peer_url).ok()?;
+    let request = peers.request(
+        RaftMessage {
+            payload: Vec::new(),
+        },
+        Duration::from_millis(BOOTSTRAP_PROBE_TIMEOUT_MS),
+    );
+    let response = client.members(request).await.ok()?;
+    decode(&response.into_inner().payload).ok()
+}
+
 /// etcd's "member has already been bootstrapped" check: a node with no Raft state whose peers
 /// know it with a published client URL lost its data directory. Initializing it again would give
 /// it a blank vote and log, and with one other member it could form a quorum that forgets
@@ -327,19 +341,7 @@ async fn refuse_if_bootstrapped_before(
         .iter()
         .filter(|(id, _)| **id != config.id)
     {
-        let Ok(mut client) = peers.client(*id, &member.peer_url) else {
-            continue;
-        };
-        let request = peers.request(
-            RaftMessage {
-                payload: Vec::new(),
-            },
-            Duration::from_millis(BOOTSTRAP_PROBE_TIMEOUT_MS),
-        );
-        let Ok(response) = client.members(request).await else {
-            continue;
-        };
-        let Ok(reply) = decode::<network::MembersReply>(&response.into_inner().payload) else {
+        let Some(reply) = ask_members(peers, *id, member).await else {
             continue;
         };
         if let Some(known) = reply
@@ -393,19 +395,7 @@ async fn join_existing_cluster(config: &mut NodeConfig) -> Result<(), NodeError>
             .iter()
             .filter(|(_, m)| m.peer_url != config.advertise_peer_url)
         {
-            let Ok(mut client) = peers.client(*id, &member.peer_url) else {
-                continue;
-            };
-            let request = peers.request(
-                RaftMessage {
-                    payload: Vec::new(),
-                },
-                Duration::from_millis(BOOTSTRAP_PROBE_TIMEOUT_MS),
-            );
-            let Ok(response) = client.members(request).await else {
-                continue;
-            };
-            let Ok(reply) = decode::<network::MembersReply>(&response.into_inner().payload) else {
+            let Some(reply) = ask_members(&peers, *id, member).await else {
                 continue;
             };
             match reply

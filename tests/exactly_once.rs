@@ -251,7 +251,6 @@ async fn a_number_the_session_has_forgotten_is_refused_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numbered_writes_stay_applied_once_across_snapshot_install_and_cluster_restart() {
     const FILLER_WRITES: usize = 6500;
-    const WRITERS: usize = 32;
     within_time_limit(async {
         let mut cluster = Cluster::start(3);
         let leader = cluster.wait_for_leader().await;
@@ -268,38 +267,10 @@ async fn numbered_writes_stay_applied_once_across_snapshot_install_and_cluster_r
         // Enough writes while `down` is away that the leader snapshots and purges its log
         // (every 5,000 entries, 1,000 kept): `down` can only come back by snapshot.
         cluster.kill(down);
-        let mut tasks = Vec::new();
-        for writer in 0..WRITERS {
-            let mut client = client.clone();
-            tasks.push(tokio::spawn(async move {
-                for i in (writer..FILLER_WRITES).step_by(WRITERS) {
-                    client
-                        .put(put(&format!("filler/{i}"), "x"))
-                        .await
-                        .expect("filler put on a healthy majority");
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.expect("writer");
-        }
         // The leader purges its log right after building the snapshot: only then is catch-up
         // by log impossible.
         cluster
-            .eventually(
-                Duration::from_secs(60),
-                "the leader builds a snapshot",
-                || {
-                    let log = cluster.nodes[leader].log();
-                    async move {
-                        if log.contains("built snapshot") {
-                            Ok(())
-                        } else {
-                            Err("no \"built snapshot\" in its log yet".to_string())
-                        }
-                    }
-                },
-            )
+            .fill_until_snapshot(leader, "filler/", FILLER_WRITES)
             .await;
         cluster.restart(down);
         cluster

@@ -377,43 +377,11 @@ async fn bad_membership_requests_get_etcd_errors_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_added_after_the_log_was_purged_catches_up_by_snapshot_then_votes() {
     const WRITES: usize = 6500;
-    const WRITERS: usize = 32;
     in_time(async {
         let mut cluster = Cluster::start(3);
         let leader = cluster.wait_for_leader().await;
-        let client = cluster.client(leader).await;
-        let mut tasks = Vec::new();
-        for writer in 0..WRITERS {
-            let mut client = client.clone();
-            tasks.push(tokio::spawn(async move {
-                for i in (writer..WRITES).step_by(WRITERS) {
-                    client
-                        .put(format!("purged/{i:05}"), "v", None)
-                        .await
-                        .expect("put on a healthy cluster");
-                }
-            }));
-        }
-        for task in tasks {
-            task.await.expect("writer");
-        }
         // Snapshot every 5,000 entries, 1,000 kept: once built, the start of the log is gone.
-        cluster
-            .eventually(
-                Duration::from_secs(60),
-                "the leader builds a snapshot",
-                || {
-                    let log = cluster.nodes[leader].log();
-                    async move {
-                        if log.contains("built snapshot") {
-                            Ok(())
-                        } else {
-                            Err("no snapshot yet".to_string())
-                        }
-                    }
-                },
-            )
-            .await;
+        cluster.fill_until_snapshot(leader, "purged/", WRITES).await;
 
         let mut admin = client_on(&cluster, &[0, 1, 2]).await;
         let n4 = cluster.add_node();

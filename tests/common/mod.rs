@@ -402,6 +402,46 @@ impl Cluster {
             .expect("set faults");
     }
 
+    /// Writes `writes` keys `<prefix><i>` through `leader` with 32 concurrent writers, then
+    /// waits until the leader has built a snapshot: with more than
+    /// `SNAPSHOT_LOGS_SINCE_LAST` (5,000) entries, the start of its log is purged and a member
+    /// that needs it can only catch up by snapshot.
+    pub async fn fill_until_snapshot(&self, leader: usize, prefix: &str, writes: usize) {
+        const WRITERS: usize = 32;
+        let client = self.client(leader).await;
+        let mut tasks = Vec::new();
+        for writer in 0..WRITERS {
+            let mut client = client.clone();
+            let prefix = prefix.to_string();
+            tasks.push(tokio::spawn(async move {
+                for i in (writer..writes).step_by(WRITERS) {
+                    client
+                        .put(format!("{prefix}{i:05}"), "v", None)
+                        .await
+                        .expect("put on a healthy majority");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("writer");
+        }
+        self.eventually(
+            Duration::from_secs(60),
+            "the leader builds a snapshot",
+            || {
+                let log = self.nodes[leader].log();
+                async move {
+                    if log.contains("built snapshot") {
+                        Ok(())
+                    } else {
+                        Err("no \"built snapshot\" in its log yet".to_string())
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
     pub fn logs(&self) -> String {
         self.nodes
             .iter()
