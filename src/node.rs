@@ -141,7 +141,8 @@ impl Node {
             },
         )?;
         let faults = Faults::default();
-        let peers = Peers::new(config.id, faults.clone());
+        let peers = Peers::new(config.id, faults.clone())
+            .with_snapshot_counter(metrics.snapshots_sent.clone());
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config(&config)?),

@@ -13,6 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::Cluster;
+use common::http_get;
+use common::sample;
 use etcd_client::Client;
 use etcd_client::ConnectOptions;
 use etcd_client::GetOptions;
@@ -390,6 +392,13 @@ async fn a_member_added_after_the_log_was_purged_catches_up_by_snapshot_then_vot
             cluster.nodes[n4].log().contains("installed snapshot"),
             "n4 caught up by snapshot"
         );
+        let (_, leader_scrape) = http_get(&cluster.nodes[leader].metrics_url(), "/metrics");
+        assert!(
+            sample(&leader_scrape, "quorumdb_snapshots_sent_total") >= Some(1.0),
+            "the leader counts the snapshot it sent"
+        );
+        let (_, n4_scrape) = http_get(&cluster.nodes[n4].metrics_url(), "/metrics");
+        assert!(sample(&n4_scrape, "quorumdb_snapshots_installed_total") >= Some(1.0));
         let mut on_n4 = cluster.client(n4).await;
         let count = on_n4
             .get(

@@ -4,52 +4,14 @@
 
 mod common;
 
-use std::io::Read;
-use std::io::Write;
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::Cluster;
+use common::http_get;
+use common::sample;
 use serde_json::Value;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// A plain HTTP/1.1 GET: (status code, body). Bounded by socket timeouts.
-fn get(base: &str, path: &str) -> (u16, String) {
-    let authority = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(authority).expect("connect to the metrics listener");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The value of the sample `name` (with labels, exactly as printed) in a scrape.
-fn sample(scrape: &str, name: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (metric, value) = line.rsplit_once(' ')?;
-            (metric == name).then(|| value.parse().ok()).flatten()
-        })
-}
 
 async fn in_time(body: impl std::future::Future<Output = ()>) {
     tokio::time::timeout(TEST_TIMEOUT, body)
@@ -72,7 +34,7 @@ async fn metrics_count_requests_and_show_follower_lag_only_on_the_leader() {
         }
         client.put("", "v", None).await.expect_err("an empty key");
 
-        let (status, scrape) = get(&cluster.nodes[leader].metrics_url(), "/metrics");
+        let (status, scrape) = http_get(&cluster.nodes[leader].metrics_url(), "/metrics");
         assert_eq!(status, 200);
         assert_eq!(sample(&scrape, "quorumdb_server_is_leader"), Some(1.0));
         assert_eq!(
@@ -101,7 +63,7 @@ async fn metrics_count_requests_and_show_follower_lag_only_on_the_leader() {
             assert!(sample(&scrape, &label).is_some(), "{label} in\n{scrape}");
         }
 
-        let (_, scrape) = get(&cluster.nodes[followers[0]].metrics_url(), "/metrics");
+        let (_, scrape) = http_get(&cluster.nodes[followers[0]].metrics_url(), "/metrics");
         assert_eq!(sample(&scrape, "quorumdb_server_is_leader"), Some(0.0));
         assert_eq!(sample(&scrape, "quorumdb_server_has_leader"), Some(1.0));
         assert!(
@@ -121,31 +83,37 @@ async fn health_and_routing_checks_follow_the_leader_and_notice_a_cut_off_member
         for index in 0..3 {
             let url = cluster.nodes[index].metrics_url();
             let is_leader = index == leader;
-            assert_eq!(get(&url, "/livez").0, 200);
+            assert_eq!(http_get(&url, "/livez").0, 200);
             cluster
                 .eventually(Duration::from_secs(20), "ready", || {
                     let url = url.clone();
                     async move {
-                        match get(&url, "/readyz") {
+                        match http_get(&url, "/readyz") {
                             (200, _) => Ok(()),
                             (code, body) => Err(format!("{code} {body}")),
                         }
                     }
                 })
                 .await;
-            let (_, health) = get(&url, "/health");
+            let (_, health) = http_get(&url, "/health");
             let health: Value = serde_json::from_str(&health).expect("JSON");
             assert_eq!(health["health"], "true");
-            assert_eq!(get(&url, "/leader").0, if is_leader { 200 } else { 503 });
-            assert_eq!(get(&url, "/replica").0, if is_leader { 503 } else { 200 });
+            assert_eq!(
+                http_get(&url, "/leader").0,
+                if is_leader { 200 } else { 503 }
+            );
+            assert_eq!(
+                http_get(&url, "/replica").0,
+                if is_leader { 503 } else { 200 }
+            );
         }
         assert_eq!(
-            get(&cluster.nodes[followers[0]].metrics_url(), "/replica?lag=x").0,
+            http_get(&cluster.nodes[followers[0]].metrics_url(), "/replica?lag=x").0,
             400,
             "a malformed bound is the caller's error"
         );
 
-        let (_, status) = get(&cluster.nodes[leader].metrics_url(), "/status");
+        let (_, status) = http_get(&cluster.nodes[leader].metrics_url(), "/status");
         let status: Value = serde_json::from_str(&status).expect("JSON");
         assert_eq!(status["role"], "leader");
         assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
@@ -170,7 +138,7 @@ async fn health_and_routing_checks_follow_the_leader_and_notice_a_cut_off_member
                 || {
                     let url = url.clone();
                     async move {
-                        match get(&url, "/readyz") {
+                        match http_get(&url, "/readyz") {
                             (503, _) => Ok(()),
                             (code, body) => Err(format!("{code} {body}")),
                         }
@@ -178,22 +146,22 @@ async fn health_and_routing_checks_follow_the_leader_and_notice_a_cut_off_member
                 },
             )
             .await;
-        let (code, health) = get(&url, "/health");
+        let (code, health) = http_get(&url, "/health");
         assert_eq!(code, 503);
         let health: Value = serde_json::from_str(&health).expect("JSON");
         assert_eq!(health["health"], "false");
-        assert_eq!(get(&url, "/livez").0, 200, "alive, only cut off");
-        assert_eq!(get(&url, "/replica?lag=500ms").0, 503);
+        assert_eq!(http_get(&url, "/livez").0, 200, "alive, only cut off");
+        assert_eq!(http_get(&url, "/replica?lag=500ms").0, 503);
         let healthy_follower = followers[1];
         assert_eq!(
-            get(
+            http_get(
                 &cluster.nodes[healthy_follower].metrics_url(),
                 "/replica?lag=2000ms"
             )
             .0,
             200
         );
-        let (_, status) = get(&cluster.nodes[leader].metrics_url(), "/status");
+        let (_, status) = http_get(&cluster.nodes[leader].metrics_url(), "/status");
         let status: Value = serde_json::from_str(&status).expect("JSON");
         let cut_id = format!("{:x}", cluster.nodes[cut].id);
         let cut_view = status["members"]
@@ -217,7 +185,7 @@ async fn health_and_routing_checks_follow_the_leader_and_notice_a_cut_off_member
             .eventually(Duration::from_secs(30), "a new leader is seen", || {
                 let url = url.clone();
                 async move {
-                    let (_, scrape) = get(&url, "/metrics");
+                    let (_, scrape) = http_get(&url, "/metrics");
                     match sample(&scrape, "quorumdb_server_leader_changes_seen_total") {
                         Some(changes) if changes >= 2.0 => Ok(()),
                         other => Err(format!("leader changes seen: {other:?}")),
@@ -225,7 +193,7 @@ async fn health_and_routing_checks_follow_the_leader_and_notice_a_cut_off_member
                 }
             })
             .await;
-        let (_, status) = get(&url, "/status");
+        let (_, status) = http_get(&url, "/status");
         let status: Value = serde_json::from_str(&status).expect("JSON");
         assert!(
             status["leader_changes"].as_array().map(Vec::len) >= Some(2),
@@ -240,11 +208,11 @@ async fn the_status_page_is_served_as_html_that_polls_status() {
     in_time(async {
         let cluster = Cluster::start(3);
         cluster.wait_for_leader().await;
-        let (status, page) = get(&cluster.nodes[0].metrics_url(), "/");
+        let (status, page) = http_get(&cluster.nodes[0].metrics_url(), "/");
         assert_eq!(status, 200);
         assert!(page.contains("<title>QuorumDB status</title>"));
         assert!(page.contains(r#"fetch("status""#), "the page polls /status");
-        assert_eq!(get(&cluster.nodes[0].metrics_url(), "/nowhere").0, 404);
+        assert_eq!(http_get(&cluster.nodes[0].metrics_url(), "/nowhere").0, 404);
     })
     .await;
 }

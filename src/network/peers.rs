@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
@@ -21,6 +22,8 @@ pub struct Peers {
     pub(crate) this_node: NodeId,
     pub(crate) faults: Faults,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Snapshots this node sent to a follower that took them (a metric).
+    pub(crate) snapshots_sent: Counter,
 }
 
 /// Why a peer could not be called at all: nothing was sent, so retrying elsewhere is safe.
@@ -38,7 +41,14 @@ impl Peers {
             this_node,
             faults,
             channels: Arc::default(),
+            snapshots_sent: Counter::default(),
         }
+    }
+
+    /// Counts snapshots sent into `counter` (shared with the node's metrics registry).
+    pub fn with_snapshot_counter(mut self, counter: Counter) -> Self {
+        self.snapshots_sent = counter;
+        self
     }
 
     /// A client for `target` at `peer_url`. The channel connects on first use and reconnects by

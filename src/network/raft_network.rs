@@ -199,6 +199,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             closed = cancel => Err(StreamingError::Closed(closed)),
             response = send => {
                 let response = response.map_err(|s| StreamingError::from(status_error(s)))?;
+                self.peers.snapshots_sent.inc();
                 decode(&response.into_inner().payload).map_err(|e| StreamingError::from(network_error(e)))
             }
         }

@@ -77,6 +77,8 @@ pub struct NodeMetrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_seconds: HistogramFamily<MethodLabels>,
     pub proposals_committed: Counter,
+    /// Snapshots the leader sent to followers (shared with the peer transport).
+    pub snapshots_sent: Counter,
     pub proposals_failed: Counter,
     pub leader_changes: Counter,
     is_leader: Gauge,
@@ -102,6 +104,7 @@ impl NodeMetrics {
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             proposals_committed: Counter::default(),
+            snapshots_sent: Counter::default(),
             proposals_failed: Counter::default(),
             leader_changes: Counter::default(),
             is_leader: Gauge::default(),
@@ -193,6 +196,11 @@ impl NodeMetrics {
             "quorumdb_snapshots_built",
             "Snapshots this member built",
             store.snapshots_built.clone(),
+        );
+        r.register(
+            "quorumdb_snapshots_sent",
+            "Snapshots this member sent to a follower that installed them",
+            metrics.snapshots_sent.clone(),
         );
         r.register(
             "quorumdb_snapshots_installed",

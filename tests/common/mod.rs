@@ -464,6 +464,46 @@ impl Drop for Cluster {
 
 /// The seed of a randomized test: `QUORUMDB_TEST_SEED` when set (to replay a run), otherwise
 /// derived from the clock. Printed either way, so every failure can be replayed.
+/// A plain HTTP/1.1 GET: (status code, body). Bounded by socket timeouts.
+pub fn http_get(base: &str, path: &str) -> (u16, String) {
+    use std::io::Read;
+    use std::io::Write;
+    let authority = base.trim_start_matches("http://");
+    let mut stream =
+        std::net::TcpStream::connect(authority).expect("connect to the metrics listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name` (with labels, exactly as printed) in a scrape.
+pub fn sample(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (metric, value) = line.rsplit_once(' ')?;
+            (metric == name).then(|| value.parse().ok()).flatten()
+        })
+}
+
 pub fn test_seed(test_name: &str) -> u64 {
     let seed = match std::env::var("QUORUMDB_TEST_SEED") {
         Ok(text) => text
