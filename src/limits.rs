@@ -75,6 +75,10 @@ pub const CLIENT_SESSION_IDLE_LOG_ENTRIES: u64 = 1_000_000;
 /// data are refused until space is freed and the alarm disarmed.
 pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
 
+/// How stale the database size a write's quota check uses may be: measuring it stats every
+/// file of the database, too slow to do for every write.
+pub const DB_SIZE_SAMPLE_MS: u64 = 100;
+
 /// The largest `--quota-backend-bytes` accepted (etcd suggests at most 8 GiB; sled keeps its
 /// working set in memory, so far beyond that is a mistake).
 pub const QUOTA_BACKEND_BYTES_LIMIT_MAX: u64 = 64 * 1024 * 1024 * 1024;

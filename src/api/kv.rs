@@ -99,7 +99,7 @@ impl KvService {
     /// its NOSPACE alarm (once) and the write is refused, as every write that adds data is while
     /// the alarm stands.
     async fn check_space(&self) -> Result<(), ApiError> {
-        let size = self.context.reader.db_size_bytes();
+        let size = self.context.reader.db_size_bytes_recent();
         if size <= self.context.quota_backend_bytes {
             return Ok(());
         }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 
+use crate::limits::DB_SIZE_SAMPLE_MS;
 pub use crate::observe::metrics::StoreMetrics;
 use crate::types::KvError;
 use crate::types::RangeOp;
@@ -67,6 +68,11 @@ pub fn open_with_metrics(data_dir: &Path, metrics: StoreMetrics) -> io::Result<S
             db,
             keyspace,
             alarms,
+            size: Arc::new(SizeSample {
+                started: std::time::Instant::now(),
+                bytes: std::sync::atomic::AtomicU64::new(0),
+                measured_at_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+            }),
         },
     })
 }
@@ -90,6 +96,16 @@ pub struct KvReader {
     db: sled::Db,
     keyspace: Arc<mvcc::KeySpace>,
     alarms: alarms::Alarms,
+    size: Arc<SizeSample>,
+}
+
+/// The last measured database size: measuring stats every file of the database (sled walks its
+/// blob folder), too slow for every write's quota check.
+struct SizeSample {
+    started: std::time::Instant,
+    bytes: std::sync::atomic::AtomicU64,
+    /// When `bytes` was measured, in milliseconds since `started` (`u64::MAX`: never).
+    measured_at_ms: std::sync::atomic::AtomicU64,
 }
 
 impl KvReader {
@@ -129,6 +145,21 @@ impl KvReader {
     /// Makes everything written so far durable (the whole database).
     pub fn flush(&self) -> io::Result<()> {
         self.db.flush().map(|_| ()).map_err(codec::sled_error)
+    }
+
+    /// Bytes the database takes on disk, measured at most [`DB_SIZE_SAMPLE_MS`] ago: cheap
+    /// enough for the quota check of every write.
+    pub fn db_size_bytes_recent(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let now_ms = self.size.started.elapsed().as_millis() as u64;
+        let measured = self.size.measured_at_ms.load(Ordering::Acquire);
+        if measured != u64::MAX && now_ms.saturating_sub(measured) < DB_SIZE_SAMPLE_MS {
+            return self.size.bytes.load(Ordering::Acquire);
+        }
+        let bytes = self.db_size_bytes();
+        self.size.bytes.store(bytes, Ordering::Release);
+        self.size.measured_at_ms.store(now_ms, Ordering::Release);
+        bytes
     }
 
     /// Bytes the database takes on disk.
