@@ -173,13 +173,7 @@ fn percentiles(sorted_micros: &[u64]) -> LatencyMs {
 impl BenchArgs {
     fn validate(&self) -> Result<Vec<String>, BenchError> {
         let invalid = |m: String| Err(BenchError::Invalid(m));
-        let endpoints: Vec<String> = self
-            .endpoints
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(String::from)
-            .collect();
+        let endpoints = crate::client::split_endpoint_list(&self.endpoints);
         if endpoints.is_empty() {
             return invalid("--endpoints is empty".into());
         }

@@ -392,13 +392,7 @@ pub fn exit_code(error: &Error) -> u8 {
 }
 
 async fn connect(connection: &ConnectionArgs) -> Result<Client, Failure> {
-    let endpoints: Vec<String> = connection
-        .endpoints
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(String::from)
-        .collect();
+    let endpoints = crate::client::split_endpoint_list(&connection.endpoints);
     if endpoints.is_empty() {
         return Err(Failure::Usage("--endpoints names no endpoint".to_string()));
     }

@@ -63,6 +63,16 @@ impl FromStr for Consistency {
     }
 }
 
+/// A comma-separated endpoint list (`--endpoints` of the CLI and of `quorumdb bench`), blanks
+/// dropped.
+pub fn split_endpoint_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// Everything a [`Client`](super::Client) needs to connect.
 ///
 /// ```no_run

@@ -76,6 +76,7 @@ pub use config::CONNECT_TIMEOUT_DEFAULT;
 pub use config::ClientConfig;
 pub use config::Consistency;
 pub use config::REQUEST_TIMEOUT_DEFAULT;
+pub use config::split_endpoint_list;
 pub use endpoints::MEMBERS_REFRESH_INTERVAL;
 pub use endpoints::REFRESH_GAP_MIN;
 pub use error::Error;
