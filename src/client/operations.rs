@@ -381,6 +381,16 @@ impl Client {
         Ok(members)
     }
 
+    /// Every known endpoint, the leader's first when it is known.
+    fn leader_first(&self) -> Vec<String> {
+        let mut order = self.endpoints();
+        if let Some(leader) = self.leader_endpoint() {
+            order.retain(|url| *url != leader);
+            order.insert(0, leader);
+        }
+        order
+    }
+
     /// A membership change or other administrative call: tried on the leader first, then the
     /// other members, moving on only while the call provably did not reach the leader. An
     /// ambiguous failure is [`Error::Unknown`] (a change like MemberAdd is not idempotent).
@@ -390,11 +400,7 @@ impl Client {
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.shared.config.request_timeout;
-        let mut order = self.endpoints();
-        if let Some(leader) = self.leader_endpoint() {
-            order.retain(|url| *url != leader);
-            order.insert(0, leader);
-        }
+        let order = self.leader_first();
         let mut tried = Vec::new();
         for url in order {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -523,11 +529,7 @@ impl Client {
         timeout: Duration,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Vec<u8>, Error> {
-        let mut order = self.endpoints();
-        if let Some(leader) = self.leader_endpoint() {
-            order.retain(|url| *url != leader);
-            order.insert(0, leader);
-        }
+        let order = self.leader_first();
         let mut tried = Vec::new();
         for url in order {
             let Ok(conn) = self.shared.endpoints.conn(&url) else {
