@@ -140,7 +140,7 @@ async fn append_flushed(
 
 fn log_append_flush(c: &mut Criterion) {
     // One thread, as small as the measured path allows: the flusher task runs while block_on
-    // waits for the callback; sled's flush runs on sled's own threads.
+    // waits for the callback; the log's fdatasync runs on its flusher thread.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -32,7 +32,7 @@ fn latency_histogram() -> Histogram {
 /// What the store records (it cannot see the registry, only these handles).
 #[derive(Clone, Debug)]
 pub struct StoreMetrics {
-    /// Duration of one sled flush of the Raft log (group commit: it may cover many appends).
+    /// Duration of one sync (fdatasync) of the Raft log (group commit: it may cover many appends).
     pub flush_seconds: Histogram,
     pub snapshots_built: Counter,
     pub snapshots_installed: Counter,

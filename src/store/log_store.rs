@@ -1,26 +1,36 @@
-//! The Raft log and vote, in one sled tree of the node's database.
-//!
-//! Layout of the `raft_log` tree (one tree, so a purge and its `last_purged` marker, or a vote,
-//! commit in one atomic batch):
+//! The Raft log and vote, in the node's own write-ahead log files (`raft-log/` in the data
+//! directory; format in [`super::wal`]), not in sled.
 //!
 //! ```text
-//! b'e' ++ index(u64 BE)  -> entry         log entries, contiguous from last_purged+1 to last
-//! b'm' ++ "vote"         -> vote
-//! b'm' ++ "purged"       -> log id         last purged log id
-//! b'm' ++ "committed"    -> log id         last committed log id (a hint for faster restart)
+//! raft-log/<first index>.wal   log entries, contiguous from last_purged+1 to last
+//! raft-log/vote                the vote             (replaced whole, synced)
+//! raft-log/purged              last purged log id   (replaced whole, synced, before the purge)
+//! raft-log/committed           last committed log id, a hint for faster restart (not synced)
 //! ```
 //!
-//! Durability: sled buffers writes and flushes in the background; nothing here is reported
-//! durable to openraft until `flush_async` has returned. Appends are group-committed: a single
-//! flusher task takes every append that arrived while the previous flush ran and covers them all
-//! with one flush, then completes their callbacks in order.
+//! Why not sled: each sled flush wakes sled's whole IO thread pool and seals a page-cache IO
+//! buffer; with the log there, writes spent most of their CPU in sled (see
+//! `bench/results/2026-11-22-profile.md`). Here an append is one `pwrite` and a sync is one
+//! `fdatasync`.
 //!
-//! Must never: acknowledge an append or a vote before the flush; leave a hole in the log.
+//! Durability: an append is written at once (so it can be read back) but reported durable to
+//! openraft only by the flusher thread, after an `fdatasync` of every file written before the
+//! append was queued. The flusher takes every append that arrived while the previous sync ran
+//! and covers them all with one sync (group commit), then completes their callbacks in order.
+//!
+//! Must never: acknowledge an append or a vote before the sync; leave a hole in the log.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
+use std::fs::File;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::mpsc;
 
 use openraft::LogState;
 use openraft::OptionalSend;
@@ -32,104 +42,196 @@ use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::mpsc;
 
-use super::codec::sled_error;
+use super::wal;
+use super::wal::Wal;
 use crate::codec::decode;
 use crate::codec::encode;
 use crate::types::TypeConfig;
 
-const ENTRY_PREFIX: u8 = b'e';
-const KEY_VOTE: &[u8] = b"mvote";
-const KEY_PURGED: &[u8] = b"mpurged";
-const KEY_COMMITTED: &[u8] = b"mcommitted";
+/// A new segment is started once the current one holds this much.
+const SEGMENT_BYTES: u64 = 64 << 20;
 
-fn entry_key(index: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = ENTRY_PREFIX;
-    key[1..].copy_from_slice(&index.to_be_bytes());
-    key
-}
+/// Recent entries kept decoded in memory, so replication reads no file: at most this many
+/// encoded bytes.
+const CACHE_BYTES: usize = 32 << 20;
 
-fn entry_index(key: &[u8]) -> u64 {
-    assert_eq!(key.len(), 9, "log entry key has the wrong length");
-    assert_eq!(key[0], ENTRY_PREFIX, "log entry key has the wrong prefix");
-    u64::from_be_bytes(key[1..].try_into().expect("eight bytes"))
-}
+const VOTE_FILE: &str = "vote";
+const PURGED_FILE: &str = "purged";
+const COMMITTED_FILE: &str = "committed";
 
-/// The Raft log storage. Cheap to clone: clones share the tree and the flusher.
+/// The Raft log storage. Cheap to clone: clones share the files, the cache and the flusher.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
-    tree: sled::Tree,
-    flusher: mpsc::UnboundedSender<IOFlushed<TypeConfig>>,
+    inner: Arc<Mutex<Inner>>,
+    flusher: mpsc::Sender<IOFlushed<TypeConfig>>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    wal: Wal,
+    purged: Option<LogIdOf<TypeConfig>>,
+    /// The last entry's log id (`None` when no entry is kept).
+    last: Option<LogIdOf<TypeConfig>>,
+    committed_file: File,
+    /// The newest entries, contiguous and ending at `last`, with their encoded sizes.
+    cache: VecDeque<(EntryOf<TypeConfig>, usize)>,
+    cache_bytes: usize,
 }
 
 impl LogStore {
-    pub(crate) fn open(db: sled::Db, flush_seconds: Histogram) -> io::Result<LogStore> {
-        let tree = db.open_tree("raft_log").map_err(sled_error)?;
-        let (flusher, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run_flusher(db.clone(), pending, flush_seconds));
-        let store = LogStore { db, tree, flusher };
-        store.check_contiguous()?;
-        Ok(store)
-    }
-
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        match self.tree.get(key).map_err(sled_error)? {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn last_entry(&self) -> io::Result<Option<EntryOf<TypeConfig>>> {
-        match self.tree.scan_prefix([ENTRY_PREFIX]).next_back() {
-            Some(item) => {
-                let (key, bytes) = item.map_err(sled_error)?;
-                let entry: EntryOf<TypeConfig> = decode(&bytes)?;
-                assert_eq!(
-                    entry.index(),
-                    entry_index(&key),
-                    "log entry stored under another index"
-                );
-                Ok(Some(entry))
+    /// Opens (or creates) the log in `dir` and starts its flusher thread.
+    pub(crate) fn open(dir: &Path, flush_seconds: Histogram) -> io::Result<LogStore> {
+        std::fs::create_dir_all(dir)?;
+        let purged: Option<LogIdOf<TypeConfig>> = match wal::read_replaced(dir, PURGED_FILE)? {
+            Some(bytes) => Some(decode(&bytes)?),
+            None => None,
+        };
+        let wal = Wal::open(dir, SEGMENT_BYTES, purged.map(|log_id| log_id.index()))?;
+        let last = match wal.last_index() {
+            Some(index) => {
+                let entry: EntryOf<TypeConfig> = decode(&wal.read(index)?)?;
+                assert_eq!(entry.index(), index, "log entry stored under another index");
+                Some(entry.log_id())
             }
-            None => Ok(None),
-        }
+            None => None,
+        };
+        let committed_file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(COMMITTED_FILE))?;
+        let inner = Arc::new(Mutex::new(Inner {
+            dir: dir.to_path_buf(),
+            wal,
+            purged,
+            last,
+            committed_file,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+        }));
+        let (flusher, pending) = mpsc::channel();
+        let for_flusher = inner.clone();
+        std::thread::Builder::new()
+            .name("log flusher".to_string())
+            .spawn(move || run_flusher(for_flusher, pending, flush_seconds))?;
+        Ok(LogStore { inner, flusher })
     }
 
-    /// Crash rather than run on a log with holes: every index from the first to the last stored
-    /// entry must be present, and the first must follow the purge point.
-    fn check_contiguous(&self) -> io::Result<()> {
-        let purged: Option<LogIdOf<TypeConfig>> = self.get_meta(KEY_PURGED)?;
-        let mut expected = purged.map(|log_id| log_id.index() + 1);
-        for item in self.tree.scan_prefix([ENTRY_PREFIX]).keys() {
-            let index = entry_index(&item.map_err(sled_error)?);
-            if let Some(expected) = expected {
-                assert_eq!(
-                    index, expected,
-                    "raft log has a hole: expected index {expected}, found {index}"
-                );
-            }
-            expected = Some(index + 1);
-        }
-        Ok(())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("log store lock poisoned")
     }
 }
 
-/// Completes append callbacks after a flush, batching every callback that queued up while the
-/// previous flush ran (group commit). In order: openraft expects appends to complete in order.
-async fn run_flusher(
-    db: sled::Db,
-    mut pending: mpsc::UnboundedReceiver<IOFlushed<TypeConfig>>,
+/// Moves a log kept by an earlier version in the sled tree `raft_log` (keys `e` ++ index BE for
+/// entries, `mvote`, `mpurged`, `mcommitted`; values encoded as here) into the files in `dir`,
+/// then drops the tree. Staged in a sibling folder and renamed into place, so a crash part way
+/// leaves the tree in charge and the migration runs again.
+pub(crate) fn migrate_from_sled(db: &sled::Db, dir: &Path) -> io::Result<()> {
+    use super::codec::sled_error;
+    const TREE: &[u8] = b"raft_log";
+    if !db.tree_names().iter().any(|name| name.as_ref() == TREE) {
+        return Ok(());
+    }
+    if !dir.exists() {
+        let tree = db.open_tree(TREE).map_err(sled_error)?;
+        let staging = dir.with_extension("migrating");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+        }
+        std::fs::create_dir_all(&staging)?;
+        if let Some(vote) = tree.get(b"mvote").map_err(sled_error)? {
+            wal::write_replaced(&staging, VOTE_FILE, &vote)?;
+        }
+        let purged = match tree.get(b"mpurged").map_err(sled_error)? {
+            Some(bytes) => {
+                wal::write_replaced(&staging, PURGED_FILE, &bytes)?;
+                let log_id: LogIdOf<TypeConfig> = decode(&bytes)?;
+                Some(log_id.index())
+            }
+            None => None,
+        };
+        let mut wal = Wal::open(&staging, SEGMENT_BYTES, purged)?;
+        let mut records = Vec::new();
+        let mut count = 0u64;
+        for item in tree.scan_prefix([b'e']) {
+            let (key, bytes) = item.map_err(sled_error)?;
+            let index = u64::from_be_bytes(key[1..].try_into().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "old log entry key of the wrong length",
+                )
+            })?);
+            records.push((index, bytes.to_vec()));
+            count += 1;
+            if records.len() == 1024 {
+                wal.append(&std::mem::take(&mut records))?;
+            }
+        }
+        wal.append(&records)?;
+        for file in wal.dirty_files() {
+            file.sync_data()?;
+        }
+        drop(wal);
+        std::fs::rename(&staging, dir)?;
+        File::open(dir.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+        tracing::info!(entries = count, dir = %dir.display(), "moved the raft log out of sled");
+    }
+    db.drop_tree(TREE).map_err(sled_error)?;
+    db.flush().map_err(sled_error)?;
+    Ok(())
+}
+
+impl Inner {
+    fn entry(&self, index: u64) -> io::Result<EntryOf<TypeConfig>> {
+        if let Some((first, _)) = self.cache.front()
+            && index >= first.index()
+            && let Some((entry, _)) = self.cache.get((index - first.index()) as usize)
+        {
+            return Ok(entry.clone());
+        }
+        let entry: EntryOf<TypeConfig> = decode(&self.wal.read(index)?)?;
+        assert_eq!(entry.index(), index, "log entry stored under another index");
+        Ok(entry)
+    }
+
+    fn cache_push(&mut self, entry: EntryOf<TypeConfig>, bytes: usize) {
+        self.cache.push_back((entry, bytes));
+        self.cache_bytes += bytes;
+        while self.cache_bytes > CACHE_BYTES
+            && let Some((_, bytes)) = self.cache.pop_front()
+        {
+            self.cache_bytes -= bytes;
+        }
+    }
+}
+
+/// Completes append callbacks after a sync, batching every callback that queued up while the
+/// previous sync ran (group commit). In order: openraft expects appends to complete in order.
+/// Ends when every [`LogStore`] clone is gone.
+fn run_flusher(
+    inner: Arc<Mutex<Inner>>,
+    pending: mpsc::Receiver<IOFlushed<TypeConfig>>,
     flush_seconds: Histogram,
 ) {
-    let mut batch = Vec::new();
-    while pending.recv_many(&mut batch, usize::MAX).await > 0 {
+    while let Ok(first) = pending.recv() {
+        let mut batch = vec![first];
+        batch.extend(pending.try_iter());
+        // Taken after the callbacks: every file written before they were queued is in here or
+        // was synced by an earlier round.
+        let files = inner
+            .lock()
+            .expect("log store lock poisoned")
+            .wal
+            .dirty_files();
         let started = std::time::Instant::now();
-        let result = db.flush_async().await.map(|_| ()).map_err(sled_error);
+        let result = files.iter().try_for_each(|file| file.sync_data());
         flush_seconds.observe(started.elapsed().as_secs_f64());
-        for callback in batch.drain(..) {
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "raft log sync failed");
+        }
+        for callback in batch {
             let result = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
@@ -144,35 +246,31 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> io::Result<Vec<EntryOf<TypeConfig>>> {
+        let inner = self.lock();
+        let (Some(first), Some(last)) = (inner.wal.first_index(), inner.wal.last_index()) else {
+            return Ok(Vec::new());
+        };
         let start = match range.start_bound() {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x + 1,
             Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(x) => Bound::Included(entry_key(*x)),
-            Bound::Excluded(x) => Bound::Excluded(entry_key(*x)),
-            Bound::Unbounded => Bound::Included(entry_key(u64::MAX)),
-        };
-        let mut entries = Vec::new();
-        for item in self.tree.range((Bound::Included(entry_key(start)), end)) {
-            let (key, bytes) = item.map_err(sled_error)?;
-            let entry: EntryOf<TypeConfig> = decode(&bytes)?;
-            assert_eq!(
-                entry.index(),
-                entry_index(&key),
-                "log entry stored under another index"
-            );
-            if let Some(previous) = entries.last().map(|e: &EntryOf<TypeConfig>| e.index()) {
-                assert_eq!(entry.index(), previous + 1, "log read back with a hole");
-            }
-            entries.push(entry);
         }
-        Ok(entries)
+        .max(first);
+        let end = match range.end_bound() {
+            Bound::Included(x) => (*x).min(last),
+            Bound::Excluded(0) => return Ok(Vec::new()),
+            Bound::Excluded(x) => (x - 1).min(last),
+            Bound::Unbounded => last,
+        };
+        (start..=end).map(|index| inner.entry(index)).collect()
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<VoteOf<TypeConfig>>> {
-        self.get_meta(KEY_VOTE)
+        let dir = self.lock().dir.clone();
+        match wal::read_replaced(&dir, VOTE_FILE)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -180,14 +278,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
-        let last_purged_log_id: Option<LogIdOf<TypeConfig>> = self.get_meta(KEY_PURGED)?;
-        let last_log_id = match self.last_entry()? {
-            Some(entry) => Some(entry.log_id()),
-            None => last_purged_log_id,
-        };
+        let inner = self.lock();
         Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
+            last_purged_log_id: inner.purged,
+            last_log_id: inner.last.or(inner.purged),
         })
     }
 
@@ -196,28 +290,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> io::Result<()> {
-        self.tree
-            .insert(KEY_VOTE, encode(vote)?)
-            .map_err(sled_error)?;
-        // A vote forgotten after a crash could let this node vote twice in one term.
-        self.db.flush_async().await.map_err(sled_error)?;
-        Ok(())
+        // Synced before returning: a vote forgotten after a crash could let this node vote twice
+        // in one term.
+        let bytes = encode(vote)?;
+        let dir = self.lock().dir.clone();
+        tokio::task::spawn_blocking(move || wal::write_replaced(&dir, VOTE_FILE, &bytes))
+            .await
+            .map_err(io::Error::other)?
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
-        // Only a hint: losing it costs re-applying from the last applied entry, nothing more.
-        match committed {
-            Some(log_id) => self
-                .tree
-                .insert(KEY_COMMITTED, encode(&log_id)?)
-                .map_err(sled_error)?,
-            None => self.tree.remove(KEY_COMMITTED).map_err(sled_error)?,
-        };
-        Ok(())
+        // Only a hint, not synced: losing it costs re-applying from the last applied entry.
+        let inner = self.lock();
+        wal::write_hint(&inner.committed_file, &encode(&committed)?)
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogIdOf<TypeConfig>>> {
-        self.get_meta(KEY_COMMITTED)
+        let inner = self.lock();
+        match wal::read_hint(&inner.committed_file)? {
+            Some(bytes) => Ok(decode(&bytes).ok().flatten()),
+            None => Ok(None),
+        }
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
@@ -225,27 +318,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        // After the last entry, or right after the purge point when everything was purged.
-        let mut previous = match self.last_entry()? {
-            Some(entry) => Some(entry.index()),
-            None => self
-                .get_meta::<LogIdOf<TypeConfig>>(KEY_PURGED)?
-                .map(|log_id| log_id.index()),
-        };
-        for entry in entries {
-            if let Some(previous) = previous {
-                assert_eq!(
-                    entry.index(),
-                    previous + 1,
-                    "append would leave a hole in the log"
-                );
-            }
-            previous = Some(entry.index());
-            batch.insert(&entry_key(entry.index()), encode(&entry)?);
+        let entries: Vec<EntryOf<TypeConfig>> = entries.into_iter().collect();
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            records.push((entry.index(), encode(entry)?));
         }
-        // Written now so they can be read back at once; reported durable only by the flusher.
-        self.tree.apply_batch(batch).map_err(sled_error)?;
+        {
+            let mut inner = self.lock();
+            // After the last entry, or right after the purge point when everything was purged.
+            let previous = inner.last.or(inner.purged).map(|log_id| log_id.index());
+            if let (Some(previous), Some((first, _))) = (previous, records.first()) {
+                assert_eq!(*first, previous + 1, "append would leave a hole in the log");
+            }
+            // Written now so they can be read back at once; reported durable only by the flusher.
+            inner.wal.append(&records)?;
+            for (entry, (_, bytes)) in entries.into_iter().zip(&records) {
+                inner.last = Some(entry.log_id());
+                inner.cache_push(entry, bytes.len());
+            }
+        }
         self.flusher
             .send(callback)
             .map_err(|_| io::Error::other("log flusher stopped"))?;
@@ -253,40 +344,129 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
-        let start = last_log_id.map_or(0, |log_id| log_id.index() + 1);
-        let mut batch = sled::Batch::default();
-        for key in self
-            .tree
-            .range(entry_key(start)..=entry_key(u64::MAX))
-            .keys()
-        {
-            batch.remove(key.map_err(sled_error)?);
-        }
-        self.tree.apply_batch(batch).map_err(sled_error)?;
-        // Flushed so conflicting entries cannot reappear after a crash behind newer appends.
-        self.db.flush_async().await.map_err(sled_error)?;
-        Ok(())
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut inner = inner.lock().expect("log store lock poisoned");
+            let start = last_log_id.map_or(0, |log_id| log_id.index() + 1);
+            // Synced before returning: conflicting entries must not reappear after a crash
+            // behind newer appends.
+            inner.wal.truncate_from(start)?;
+            while inner
+                .cache
+                .back()
+                .is_some_and(|(entry, _)| entry.index() >= start)
+            {
+                let (_, bytes) = inner.cache.pop_back().expect("checked above");
+                inner.cache_bytes -= bytes;
+            }
+            inner.last = match inner.wal.last_index() {
+                Some(index) => Some(inner.entry(index)?.log_id()),
+                None => None,
+            };
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> io::Result<()> {
-        // The marker and the removals commit together: no state where entries are gone but the
-        // purge point says otherwise.
-        let mut batch = sled::Batch::default();
-        batch.insert(KEY_PURGED, encode(&log_id)?);
-        for key in self
-            .tree
-            .range(entry_key(0)..=entry_key(log_id.index()))
-            .keys()
-        {
-            batch.remove(key.map_err(sled_error)?);
-        }
-        self.tree.apply_batch(batch).map_err(sled_error)?;
-        Ok(())
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut inner = inner.lock().expect("log store lock poisoned");
+            // The purge point first: if a crash cuts the deletions short, opening skips what is
+            // left at or below it.
+            wal::write_replaced(&inner.dir, PURGED_FILE, &encode(&log_id)?)?;
+            inner.purged = Some(log_id);
+            inner.wal.purge_to(log_id.index())?;
+            while inner
+                .cache
+                .front()
+                .is_some_and(|(entry, _)| entry.index() <= log_id.index())
+            {
+                let (_, bytes) = inner.cache.pop_front().expect("checked above");
+                inner.cache_bytes -= bytes;
+            }
+            if inner
+                .last
+                .is_some_and(|last| last.index() <= log_id.index())
+            {
+                inner.last = None;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 }
 
 impl std::fmt::Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogStore").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::entry::RaftEntry;
+    use openraft::storage::RaftLogStorage;
+    use openraft::vote::RaftLeaderId;
+
+    use super::*;
+    use crate::types::Command;
+    use crate::types::PutOp;
+
+    fn entry(term: u64, index: u64) -> EntryOf<TypeConfig> {
+        let command = Command::Put(PutOp {
+            key: format!("k{index}").into_bytes(),
+            value: vec![7; 32],
+            ..PutOp::default()
+        });
+        EntryOf::<TypeConfig>::new_normal(
+            openraft::alias::LogIdOf::<TypeConfig>::new(
+                openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(term, 1),
+                index,
+            ),
+            command,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_log_kept_in_sled_by_an_earlier_version_moves_into_the_files() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .expect("open sled");
+        let tree = db.open_tree("raft_log").expect("tree");
+        let vote = VoteOf::<TypeConfig>::new(3, 2);
+        tree.insert(b"mvote", encode(&vote).expect("encode"))
+            .expect("insert");
+        let purged = entry(1, 4).log_id();
+        tree.insert(b"mpurged", encode(&purged).expect("encode"))
+            .expect("insert");
+        for index in 5u64..=20 {
+            let mut key = vec![b'e'];
+            key.extend_from_slice(&index.to_be_bytes());
+            tree.insert(key, encode(&entry(2, index)).expect("encode"))
+                .expect("insert");
+        }
+        let log_dir = dir.path().join("raft-log");
+        migrate_from_sled(&db, &log_dir).expect("migrate");
+        assert!(
+            !db.tree_names()
+                .iter()
+                .any(|name| name.as_ref() == b"raft_log")
+        );
+        // A second run (a restart) finds nothing to move.
+        migrate_from_sled(&db, &log_dir).expect("migrate again");
+
+        let mut store = LogStore::open(&log_dir, Histogram::new([1.0])).expect("open");
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(purged));
+        assert_eq!(state.last_log_id, Some(entry(2, 20).log_id()));
+        assert_eq!(store.read_vote().await.expect("vote"), Some(vote));
+        let entries = store.try_get_log_entries(0..100).await.expect("read");
+        assert_eq!(entries.len(), 16);
+        assert!(entries.iter().zip(5..).all(|(e, i)| *e == entry(2, i)));
     }
 }

@@ -1,8 +1,11 @@
 //! Storage: the only module that knows sled.
 //!
-//! One sled database per node holds two trees: `raft_log` (log entries, vote, purge point: see
-//! [`log_store`]) and `keyspace` (the MVCC data, last applied log id and membership: see
-//! [`mvcc`]). Snapshots live as files in `snapshots/` next to the database.
+//! The Raft log (entries, vote, purge point) lives in our own write-ahead log files under
+//! `raft-log/` (see [`log_store`]). One sled database per node holds the `keyspace` tree (the
+//! MVCC data, last applied log id, membership, client sessions, alarms: see [`mvcc`]); it is
+//! flushed by sled in the background and before every snapshot, so after a crash it holds a
+//! prefix of the applied entries and the log (kept back to the last snapshot) replays the rest.
+//! Snapshots live as files in `snapshots/` next to the database.
 //!
 //! Everything outside this module sees [`LogStore`] and [`StateMachine`] (handed to openraft) and
 //! [`KvReader`] (local reads for the API); no sled type crosses this boundary.
@@ -15,6 +18,7 @@ pub mod log_store;
 pub mod mvcc;
 mod snapshot_file;
 pub mod state_machine;
+mod wal;
 
 use std::io;
 use std::path::Path;
@@ -52,7 +56,9 @@ pub fn open_with_metrics(data_dir: &Path, metrics: StoreMetrics) -> io::Result<S
     let keyspace = Arc::new(mvcc::KeySpace::open(
         db.open_tree("keyspace").map_err(codec::sled_error)?,
     )?);
-    let log_store = LogStore::open(db.clone(), metrics.flush_seconds.clone())?;
+    let log_dir = data_dir.join("raft-log");
+    log_store::migrate_from_sled(&db, &log_dir)?;
+    let log_store = LogStore::open(&log_dir, metrics.flush_seconds.clone())?;
     let alarms = alarms::Alarms::default();
     let state_machine = StateMachine::open(
         db.clone(),
