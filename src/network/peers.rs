@@ -87,8 +87,15 @@ impl Peers {
 
     /// A request carrying this node's id, for the receiver's fault seam.
     pub fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
+        let mut request = self.stream_request(message);
         request.set_timeout(timeout);
+        request
+    }
+
+    /// [`Peers::request`] with no deadline on the whole call, for a stream that lasts a whole
+    /// replication session; the caller times out each answer instead.
+    pub fn stream_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
         request.metadata_mut().insert(
             super::FROM_NODE_METADATA,
             self.this_node

@@ -1,7 +1,13 @@
 //! openraft's client side of the peer transport (`RaftNetworkV2`).
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use futures::Stream;
+use futures::StreamExt;
 
 use openraft::AnyError;
 use openraft::OptionalSend;
@@ -9,6 +15,8 @@ use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
 use openraft::alias::SnapshotOf;
 use openraft::alias::VoteOf;
+use openraft::base::BoxFuture;
+use openraft::base::BoxStream;
 use openraft::errors::NetworkError;
 use openraft::errors::RPCError;
 use openraft::errors::ReplicationClosed;
@@ -18,6 +26,7 @@ use openraft::network::RPCOption;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
@@ -25,6 +34,7 @@ use openraft::raft::VoteResponse;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::PeerUnreachable;
 use super::Peers;
 use crate::codec::decode;
 use crate::codec::encode;
@@ -120,8 +130,84 @@ fn rpc_timeout(option: &RPCOption) -> Duration {
         .min(Duration::from_millis(PEER_RPC_TIMEOUT_MS))
 }
 
+/// What an open append stream answers: each item the result for one request, in order.
+type AppendAnswers<'s> =
+    BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
+
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = Vec<u8>;
+
+    /// Pipelined replication over one gRPC stream (`StreamAppend`): requests go out as openraft
+    /// produces them, without waiting for earlier answers, and the follower answers in order.
+    /// A cut link ends the stream on either side at once; an answer that does not come within
+    /// the RPC timeout while requests are outstanding ends it as a network error (openraft then
+    /// opens a new one).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<AppendAnswers<'s>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let timeout = rpc_timeout(&option);
+        Box::pin(async move {
+            let mut client = self
+                .peers
+                .client(self.target, &self.peer_url)
+                .map_err(unreachable)?;
+            let (faults, target) = (self.peers.faults.clone(), self.target);
+            let outstanding = Arc::new(AtomicU64::new(0));
+            let sent = outstanding.clone();
+            let send_faults = faults.clone();
+            let outbound = input
+                .map(|request| encode(&request))
+                .take_while(move |encoded| {
+                    // A cut link, or a request we cannot encode (a bug, logged), ends the stream.
+                    if let Err(e) = encoded {
+                        tracing::error!(error = %e, "cannot encode an append request");
+                    }
+                    std::future::ready(encoded.is_ok() && !send_faults.is_cut(target))
+                })
+                .filter_map(move |encoded| {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    std::future::ready(encoded.ok().map(|payload| RaftMessage { payload }))
+                });
+            let call = client.stream_append(self.peers.stream_request(outbound));
+            let inbound = match tokio::time::timeout(timeout, call).await {
+                Ok(response) => response.map_err(status_error)?.into_inner(),
+                Err(_) => return Err(network_error("append stream not answered in time")),
+            };
+            let answers = futures::stream::unfold(Some(inbound), move |inbound| {
+                let (faults, outstanding) = (faults.clone(), outstanding.clone());
+                async move {
+                    let mut inbound = inbound?;
+                    loop {
+                        let answer = match tokio::time::timeout(timeout, inbound.next()).await {
+                            // Idle with nothing outstanding: keep waiting.
+                            Err(_) if outstanding.load(Ordering::SeqCst) == 0 => continue,
+                            Err(_) => Err(network_error(format!(
+                                "no append answer within {} ms",
+                                timeout.as_millis()
+                            ))),
+                            Ok(None) => return None,
+                            Ok(Some(Err(status))) => Err(status_error(status)),
+                            Ok(Some(Ok(_))) if faults.is_cut(target) => {
+                                Err(unreachable(PeerUnreachable::Cut(target)))
+                            }
+                            Ok(Some(Ok(message))) => {
+                                outstanding.fetch_sub(1, Ordering::SeqCst);
+                                decode(&message.payload).map_err(network_error)
+                            }
+                        };
+                        let go_on = answer.is_ok();
+                        return Some((answer, go_on.then_some(inbound)));
+                    }
+                }
+            });
+            Ok(Box::pin(answers) as AppendAnswers<'s>)
+        })
+    }
 
     async fn append_entries(
         &mut self,

@@ -147,18 +147,26 @@ impl PeerService {
     /// Refuses traffic from a peer whose link is cut, so a cut is symmetric even when only one
     /// side was told about it.
     fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let from = request
-            .metadata()
-            .get(FROM_NODE_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<NodeId>().ok());
-        match from {
+        match sender(request) {
             Some(from) if self.faults.is_cut(from) => Err(Status::unavailable(format!(
                 "link from node {from:x} is cut by fault injection"
             ))),
             _ => Ok(()),
         }
     }
+}
+
+/// The peer that sent `request`, from its metadata.
+fn sender<T>(request: &Request<T>) -> Option<NodeId> {
+    request
+        .metadata()
+        .get(FROM_NODE_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<NodeId>().ok())
+}
+
+fn cut_status(from: NodeId) -> Status {
+    Status::unavailable(format!("link from node {from:x} is cut by fault injection"))
 }
 
 fn bad_payload(error: std::io::Error) -> Status {
@@ -188,6 +196,77 @@ impl Peer for PeerService {
             self.leader_contact.record();
         }
         reply(&response)
+    }
+
+    type StreamAppendStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
+    /// Feeds the leader's appends to openraft's pipelined `stream_append` in order and answers
+    /// each in order. The stream ends, with an error, at the first undecodable message, transport
+    /// error or cut link (checked per message, so a cut made mid-stream takes effect at once).
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        self.admit(&request)?;
+        let from = sender(&request);
+        let faults = self.faults.clone();
+        let is_cut = move || from.is_some_and(|from| faults.is_cut(from));
+        // Why the input ended early, reported after the answers to what came before it.
+        let failure: Arc<Mutex<Option<Status>>> = Arc::default();
+        let input_failure = failure.clone();
+        let input_cut = is_cut.clone();
+        let input = request
+            .into_inner()
+            .map(move |message| {
+                let message = message?;
+                if input_cut() {
+                    return Err(cut_status(from.expect("a cut link has a sender")));
+                }
+                decode(&message.payload).map_err(bad_payload)
+            })
+            .take_while(move |decoded| {
+                let go_on = decoded.is_ok();
+                if let Err(status) = decoded {
+                    *input_failure.lock().expect("stream failure lock") = Some(status.clone());
+                }
+                std::future::ready(go_on)
+            })
+            .filter_map(|decoded| std::future::ready(decoded.ok()));
+        let contact = self.leader_contact.clone();
+        let answers = self
+            .raft
+            .stream_append(input)
+            .map(move |result| {
+                if is_cut() {
+                    return Err(cut_status(from.expect("a cut link has a sender")));
+                }
+                let result = result.map_err(fatal)?;
+                if !matches!(
+                    result,
+                    Err(openraft::raft::StreamAppendError::HigherVote(_))
+                ) {
+                    contact.record();
+                }
+                let payload = encode(&result)
+                    .map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
+                Ok(RaftMessage { payload })
+            })
+            .scan(false, |failed, answer| {
+                // Nothing after the first error.
+                if *failed {
+                    return std::future::ready(None);
+                }
+                *failed = answer.is_err();
+                std::future::ready(Some(answer))
+            })
+            .chain(
+                futures::stream::once(async move {
+                    failure.lock().expect("stream failure lock").take()
+                })
+                .filter_map(|failure| std::future::ready(failure.map(Err))),
+            );
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
