@@ -116,7 +116,7 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
         election_timeout_min: config.election_timeout_ms,
         election_timeout_max: config.election_timeout_ms * 2,
         max_payload_entries: limits::APPEND_ENTRIES_PER_RPC_MAX,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(limits::SNAPSHOT_LOGS_SINCE_LAST),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         max_in_snapshot_log_to_keep: limits::LOG_ENTRIES_KEPT_AFTER_SNAPSHOT,
         snapshot_max_chunk_size: limits::SNAPSHOT_CHUNK_BYTES as u64,
         // A node cut off and rejoining must not depose a healthy leader.

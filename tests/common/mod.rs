@@ -26,6 +26,9 @@ use tempfile::TempDir;
 /// How long a test waits for a leader before it fails.
 pub const LEADER_WAIT: Duration = Duration::from_secs(20);
 
+/// `--snapshot-count` of every test node (through its environment).
+pub const SNAPSHOT_COUNT: u64 = 5000;
+
 pub struct NodeProcess {
     pub name: String,
     pub id: u64,
@@ -85,6 +88,9 @@ impl NodeProcess {
             .args(["--enable-fault-injection", "true"])
             .args(&self.extra_args)
             .env("QUORUMDB_LOG", "info,openraft=warn")
+            // Snapshots after 5,000 entries rather than the default 100,000, so tests of
+            // catch-up by snapshot need only a few thousand writes (a flag overrides it).
+            .env("QUORUMDB_SNAPSHOT_COUNT", SNAPSHOT_COUNT.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -404,7 +410,7 @@ impl Cluster {
 
     /// Writes `writes` keys `<prefix><i>` through `leader` with 32 concurrent writers, then
     /// waits until the leader has built a snapshot: with more than
-    /// `SNAPSHOT_LOGS_SINCE_LAST` (5,000) entries, the start of its log is purged and a member
+    /// [`SNAPSHOT_COUNT`] (5,000) entries, the start of its log is purged and a member
     /// that needs it can only catch up by snapshot.
     pub async fn fill_until_snapshot(&self, leader: usize, prefix: &str, writes: usize) {
         const WRITERS: usize = 32;
