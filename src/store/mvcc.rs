@@ -1029,11 +1029,12 @@ impl KeySpace {
     {
         let _gate = self.write_gate();
         let revision_before = self.revision();
+        let compact_revision_before = self.compact_revision();
         let mut apply = Apply {
             tree: &self.tree,
             overlay: Overlay::new(),
             revision: revision_before,
-            compact_revision: self.compact_revision(),
+            compact_revision: compact_revision_before,
             live_key_count: self.live_key_count(),
             changed: false,
             undo: BTreeMap::new(),
@@ -1075,11 +1076,17 @@ impl KeySpace {
                 None => batch.remove(key),
             }
         }
-        batch.insert(META_REVISION_KEY, encode_meta(apply.revision));
-        batch.insert(
-            META_COMPACT_REVISION_KEY,
-            encode_meta(apply.compact_revision),
-        );
+        // Only what changed: a missing meta entry reads back as its initial value, and every
+        // replica makes the same choice from the same commands.
+        if apply.revision != revision_before {
+            batch.insert(META_REVISION_KEY, encode_meta(apply.revision));
+        }
+        if apply.compact_revision != compact_revision_before {
+            batch.insert(
+                META_COMPACT_REVISION_KEY,
+                encode_meta(apply.compact_revision),
+            );
+        }
         self.tree.apply_batch(batch).map_err(sled_error)?;
 
         self.revision.store(apply.revision, Ordering::Release);
