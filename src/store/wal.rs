@@ -470,6 +470,23 @@ mod tests {
         wal.append(&records).expect("append");
     }
 
+    /// A log in `dir` with small segments, holding records 1..=count appended one at a time.
+    fn written(dir: &Path, count: u64) -> Wal {
+        let mut wal = Wal::open(dir, 200, None).expect("open");
+        for i in 1..=count {
+            append_range(&mut wal, i, i);
+        }
+        wal
+    }
+
+    /// Opening the log in `dir` fails with an error that says `why`.
+    fn assert_refused(dir: &Path, why: &str) {
+        match Wal::open(dir, 200, None) {
+            Ok(_) => panic!("the log opened, but should be refused ({why})"),
+            Err(error) => assert!(error.to_string().contains(why), "{error}"),
+        }
+    }
+
     fn assert_holds(wal: &Wal, from: u64, to: u64) {
         assert_eq!(wal.first_index(), Some(from));
         assert_eq!(wal.last_index(), Some(to));
@@ -510,10 +527,7 @@ mod tests {
     #[test]
     fn truncation_removes_the_tail_durably() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let mut wal = Wal::open(dir.path(), 200, None).expect("open");
-        for i in 1..=30 {
-            append_range(&mut wal, i, i);
-        }
+        let mut wal = written(dir.path(), 30);
         wal.truncate_from(17).expect("truncate");
         assert_holds(&wal, 1, 16);
         append_range(&mut wal, 17, 20);
@@ -530,10 +544,7 @@ mod tests {
     #[test]
     fn purge_deletes_whole_segments_and_reopens_after_the_purge_point() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let mut wal = Wal::open(dir.path(), 200, None).expect("open");
-        for i in 1..=40 {
-            append_range(&mut wal, i, i);
-        }
+        let mut wal = written(dir.path(), 40);
         let before = segment_files(dir.path()).len();
         wal.purge_to(25).expect("purge");
         assert!(segment_files(dir.path()).len() < before);
@@ -558,11 +569,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_off_and_damage_elsewhere_refuses_to_open() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let mut wal = Wal::open(dir.path(), 200, None).expect("open");
-        for i in 1..=30 {
-            append_range(&mut wal, i, i);
-        }
-        drop(wal);
+        drop(written(dir.path(), 30));
         let files = segment_files(dir.path());
         let newest = dir.path().join(files.last().expect("a segment"));
         let len = std::fs::metadata(&newest).expect("stat").len();
@@ -580,26 +587,16 @@ mod tests {
         let mut bytes = std::fs::read(&oldest).expect("read");
         bytes[HEADER_BYTES + 2] ^= 0xff;
         std::fs::write(&oldest, bytes).expect("damage an acknowledged record");
-        let error = Wal::open(dir.path(), 200, None)
-            .err()
-            .expect("damage in the middle refuses to open");
-        assert!(error.to_string().contains("checksum mismatch"), "{error}");
+        assert_refused(dir.path(), "checksum mismatch");
     }
 
     #[test]
     fn a_missing_segment_is_a_hole() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let mut wal = Wal::open(dir.path(), 200, None).expect("open");
-        for i in 1..=40 {
-            append_range(&mut wal, i, i);
-        }
-        drop(wal);
+        drop(written(dir.path(), 40));
         let files = segment_files(dir.path());
         std::fs::remove_file(dir.path().join(&files[1])).expect("lose a segment");
-        let error = Wal::open(dir.path(), 200, None)
-            .err()
-            .expect("a hole refuses to open");
-        assert!(error.to_string().contains("hole"), "{error}");
+        assert_refused(dir.path(), "hole");
     }
 
     #[test]
