@@ -148,9 +148,7 @@ impl PeerService {
     /// side was told about it.
     fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
         match sender(request) {
-            Some(from) if self.faults.is_cut(from) => Err(Status::unavailable(format!(
-                "link from node {from:x} is cut by fault injection"
-            ))),
+            Some(from) if self.faults.is_cut(from) => Err(cut_status(from)),
             _ => Ok(()),
         }
     }
