@@ -24,6 +24,7 @@ use tonic::transport::Endpoint;
 use crate::pb::etcdserverpb as etcd;
 use crate::pb::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+use crate::rng::SplitMix64;
 
 /// Longest run accepted: a benchmark is never an unbounded load loop.
 pub const BENCH_DURATION_SECS_MAX: f64 = 3600.0;
@@ -129,22 +130,6 @@ pub struct Report {
 }
 
 /// splitmix64: a tiny, well-mixed generator; enough to pick keys reproducibly.
-struct KeyRandom(u64);
-
-impl KeyRandom {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
-
 /// Key number `n` as exactly `size` bytes: zero-padded decimal, so keys sort like numbers.
 fn key(n: u64, size: usize) -> Vec<u8> {
     let digits = format!("{n:0size$}");
@@ -331,7 +316,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
             let args = args.clone();
             let issued = issued.clone();
             let mut random =
-                KeyRandom(seed ^ (client_index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+                SplitMix64::new(seed ^ (client_index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -347,7 +332,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
                     } else {
                         random.below(args.key_space)
                     };
-                    let read = (random.next() as f64 / u64::MAX as f64) < args.read_ratio;
+                    let read = (random.next_u64() as f64 / u64::MAX as f64) < args.read_ratio;
                     let sent = Instant::now();
                     match request(&mut client, &args, key(key_number, args.key_size), read).await {
                         Ok(()) => latencies.push(sent.elapsed().as_micros() as u64),
@@ -436,7 +421,7 @@ mod tests {
     #[test]
     fn the_key_choice_replays_from_the_seed() {
         let draw = |seed| {
-            let mut r = KeyRandom(seed);
+            let mut r = SplitMix64::new(seed);
             (0..5).map(|_| r.below(1000)).collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));

@@ -34,5 +34,6 @@ pub mod node;
 pub mod observe;
 pub mod pb;
 pub mod probe;
+pub mod rng;
 pub mod store;
 pub mod types;

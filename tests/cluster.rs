@@ -707,7 +707,7 @@ async fn a_follower_down_during_10000_writes_catches_up_after_restart() {
     );
 
     // Linearizable reads work on it too, and see exactly what the leader wrote.
-    for i in [0, rng.below(WRITES), WRITES - 1] {
+    for i in [0, rng.index(WRITES), WRITES - 1] {
         let key = format!("{PREFIX}{i:05}");
         let response = eventually_get(&cluster, down, &key).await;
         assert_eq!(

@@ -2,52 +2,7 @@
 //! every client's choices replay from `--seed`. (Thread timing still varies between replays: the
 //! seed fixes what is attempted and when faults start, not how the kernel interleaves it.)
 
-#[derive(Debug, Clone)]
-pub struct Rng {
-    state: u64,
-}
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng { state: seed }
-    }
-
-    /// An independent stream for a named participant (a client, the nemesis), stable per seed.
-    pub fn fork(seed: u64, stream: u64) -> Rng {
-        let mut base = Rng::new(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F));
-        Rng::new(base.next_u64())
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..bound`; `bound` must be positive.
-    pub fn below(&mut self, bound: u64) -> u64 {
-        assert!(bound > 0, "empty range");
-        self.next_u64() % bound
-    }
-
-    pub fn index(&mut self, len: usize) -> usize {
-        self.below(len as u64) as usize
-    }
-
-    /// True with probability `percent`/100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.index(i + 1);
-            items.swap(i, j);
-        }
-    }
-}
+pub use quorumdb::rng::SplitMix64 as Rng;
 
 /// A seed from the clock, for runs started without `--seed`.
 pub fn clock_seed() -> u64 {

@@ -159,7 +159,7 @@ fn free_ports(count: usize) -> Vec<u16> {
     let mut taken = TAKEN.lock().expect("ports lock");
     let mut ports = Vec::with_capacity(count);
     while ports.len() < count {
-        let port = NODE_PORT_RANGE.start + rng.below(span) as u16;
+        let port = NODE_PORT_RANGE.start + rng.index(span) as u16;
         if taken.contains(&port) || ports.contains(&port) {
             continue;
         }
@@ -525,39 +525,5 @@ pub fn test_seed(test_name: &str) -> u64 {
     seed
 }
 
-/// A small deterministic generator (SplitMix64): the same seed gives the same choices, and the
-/// tests need nothing stronger than that.
-pub struct TestRng {
-    state: u64,
-}
-
-impl TestRng {
-    pub fn new(seed: u64) -> TestRng {
-        TestRng { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..bound` (`bound` > 0).
-    pub fn below(&mut self, bound: usize) -> usize {
-        assert!(bound > 0, "empty range");
-        (self.next_u64() % bound as u64) as usize
-    }
-
-    pub fn choose<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-    }
-}
+/// The tests' seeded generator: the crate's own, so a printed seed replays the same choices.
+pub use quorumdb::rng::SplitMix64 as TestRng;
