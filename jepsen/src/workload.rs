@@ -426,79 +426,46 @@ pub async fn final_read(kind: WorkloadKind, nodes: usize, recorder: &Recorder, p
     let mut node = 0;
     while Instant::now() < deadline {
         let name = node_name(node);
-        match kind {
-            WorkloadKind::Set => {
-                recorder.record(
-                    EventKind::Invoke,
-                    process,
-                    &name,
-                    Op::ReadAll { elements: None },
-                    None,
-                );
-                match client
-                    .read_keys_paged(node, &WorkloadKind::Set.prefix())
-                    .await
-                {
-                    Ok(keys) => {
-                        let prefix = WorkloadKind::Set.prefix();
-                        let elements = keys
-                            .iter()
+        let pending = match kind {
+            WorkloadKind::Set => Op::ReadAll { elements: None },
+            WorkloadKind::Bank => Op::ReadAccounts { balances: None },
+            WorkloadKind::Register | WorkloadKind::FollowerReads => return,
+        };
+        recorder.record(EventKind::Invoke, process, &name, pending.clone(), None);
+        let outcome = if kind == WorkloadKind::Set {
+            let prefix = WorkloadKind::Set.prefix();
+            client
+                .read_keys_paged(node, &prefix)
+                .await
+                .map(|keys| Op::ReadAll {
+                    elements: Some(
+                        keys.iter()
                             .filter_map(|key| {
                                 let key = std::str::from_utf8(key).ok()?;
                                 key.strip_prefix(&prefix)?.parse().ok()
                             })
-                            .collect();
-                        recorder.record(
-                            EventKind::Ok,
-                            process,
-                            &name,
-                            Op::ReadAll {
-                                elements: Some(elements),
-                            },
-                            None,
-                        );
-                        return;
-                    }
-                    Err(e) => recorder.record(
-                        EventKind::Fail,
-                        process,
-                        &name,
-                        Op::ReadAll { elements: None },
-                        Some(e.message().to_string()),
+                            .collect(),
                     ),
-                }
+                })
+        } else {
+            read_accounts(&mut client, node)
+                .await
+                .map(|(balances, _)| Op::ReadAccounts {
+                    balances: Some(balances),
+                })
+        };
+        match outcome {
+            Ok(done) => {
+                recorder.record(EventKind::Ok, process, &name, done, None);
+                return;
             }
-            WorkloadKind::Bank => {
-                recorder.record(
-                    EventKind::Invoke,
-                    process,
-                    &name,
-                    Op::ReadAccounts { balances: None },
-                    None,
-                );
-                match read_accounts(&mut client, node).await {
-                    Ok((balances, _)) => {
-                        recorder.record(
-                            EventKind::Ok,
-                            process,
-                            &name,
-                            Op::ReadAccounts {
-                                balances: Some(balances),
-                            },
-                            None,
-                        );
-                        return;
-                    }
-                    Err(e) => recorder.record(
-                        EventKind::Fail,
-                        process,
-                        &name,
-                        Op::ReadAccounts { balances: None },
-                        Some(e.message().to_string()),
-                    ),
-                }
-            }
-            WorkloadKind::Register | WorkloadKind::FollowerReads => return,
+            Err(e) => recorder.record(
+                EventKind::Fail,
+                process,
+                &name,
+                pending,
+                Some(e.message().to_string()),
+            ),
         }
         node = (node + 1) % nodes;
         tokio::time::sleep(Duration::from_millis(300)).await;
