@@ -17,7 +17,6 @@ use std::future::Future;
 use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
-use std::time::Instant;
 
 use common::Cluster;
 use etcd_client::Client;
@@ -37,9 +36,6 @@ use tonic::Code;
 
 /// Upper bound on one test, cluster start included: a hung server fails the test, not CI.
 const TEST_TIME_MAX: Duration = Duration::from_secs(120);
-
-/// How long members may take to publish their client URLs after a leader is elected.
-const MEMBERS_PUBLISHED_WAIT: Duration = Duration::from_secs(20);
 
 /// Upper bound on one etcdctl invocation (its own default command timeout is 5 s).
 const ETCDCTL_TIME_MAX: Duration = Duration::from_secs(30);
@@ -131,35 +127,6 @@ async fn observe(client: &mut Client, prefix: &str) -> Observed {
 async fn leader_and_follower(cluster: &Cluster) -> (usize, usize) {
     let leader = cluster.wait_for_leader().await;
     (leader, (leader + 1) % cluster.nodes.len())
-}
-
-/// Polls MemberList on node `index` until every member announces the client URL it listens on
-/// (members publish their URLs shortly after start), and returns that member list.
-async fn wait_for_published_members(cluster: &Cluster, index: usize) -> Vec<Member> {
-    let mut client = cluster.client(index).await;
-    let deadline = Instant::now() + MEMBERS_PUBLISHED_WAIT;
-    loop {
-        let members = client
-            .member_list()
-            .await
-            .expect("member list")
-            .members()
-            .to_vec();
-        let published = members.len() == cluster.nodes.len()
-            && cluster.nodes.iter().all(|node| {
-                members
-                    .iter()
-                    .any(|m| m.id() == node.id && m.client_urls() == [node.client_url()])
-            });
-        if published {
-            return members;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "members did not publish their client URLs within {MEMBERS_PUBLISHED_WAIT:?}: {members:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -918,7 +885,7 @@ async fn member_list_and_endpoint_status_describe_the_cluster_on_every_node() {
         cluster.wait_for_leader().await;
         let node_ids: BTreeSet<u64> = cluster.nodes.iter().map(|n| n.id).collect();
 
-        let members = wait_for_published_members(&cluster, 0).await;
+        let members = cluster.wait_for_published_members(0).await;
         assert_eq!(members.len(), 3, "{members:?}");
         for node in &cluster.nodes {
             let member = members
@@ -937,7 +904,7 @@ async fn member_list_and_endpoint_status_describe_the_cluster_on_every_node() {
             assert!(!member.is_learner());
         }
         for index in 1..cluster.nodes.len() {
-            let mut others = wait_for_published_members(&cluster, index).await;
+            let mut others = cluster.wait_for_published_members(index).await;
             let mut expected = members.clone();
             others.sort_by_key(Member::id);
             expected.sort_by_key(Member::id);
@@ -1082,7 +1049,7 @@ async fn etcdctl_puts_gets_deletes_and_reports_members_and_status() {
     let cluster = Cluster::start(3);
     within_time_limit(async {
         cluster.wait_for_leader().await;
-        wait_for_published_members(&cluster, 0).await;
+        cluster.wait_for_published_members(0).await;
         let endpoint = format!("127.0.0.1:{}", cluster.nodes[0].client_port);
         let (program, endpoint) = (program.as_path(), endpoint.as_str());
         let run = move |args: &'static [&'static str]| etcdctl(program, endpoint, args);
@@ -1149,7 +1116,7 @@ async fn etcdctl_endpoint_status_cluster_reaches_every_member_by_its_client_url(
     let cluster = Cluster::start(3);
     within_time_limit(async {
         cluster.wait_for_leader().await;
-        wait_for_published_members(&cluster, 0).await;
+        cluster.wait_for_published_members(0).await;
         let endpoint = format!("127.0.0.1:{}", cluster.nodes[0].client_port);
         let json = etcdctl(
             &program,

@@ -58,9 +58,12 @@ async fn within_time_limit(body: impl Future<Output = ()>) {
     }
 }
 
-/// A client on every endpoint of `cluster`, once it knows every member's client URL and the
-/// leader `leader` (connecting is retried while members publish their URLs).
+/// A client on every endpoint of `cluster`, once every member lists every member's client URL
+/// (a call spread over members may ask any of them) and the client knows the leader `leader`.
 async fn connect_when_settled(cluster: &Cluster, leader: usize, config: ClientConfig) -> Client {
+    for index in 0..cluster.nodes.len() {
+        cluster.wait_for_published_members(index).await;
+    }
     let expected: BTreeSet<String> = cluster.endpoints().into_iter().collect();
     let leader_url = cluster.nodes[leader].client_url();
     cluster

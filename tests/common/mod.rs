@@ -26,6 +26,9 @@ use tempfile::TempDir;
 /// How long a test waits for a leader before it fails.
 pub const LEADER_WAIT: Duration = Duration::from_secs(20);
 
+/// How long members may take to publish their client URLs to every member.
+pub const MEMBERS_PUBLISHED_WAIT: Duration = Duration::from_secs(20);
+
 /// `--snapshot-count` of every test node (through its environment).
 pub const SNAPSHOT_COUNT: u64 = 5000;
 
@@ -287,6 +290,37 @@ impl Cluster {
         Client::connect([self.nodes[index].client_url()], Some(options))
             .await
             .expect("connect to a node")
+    }
+
+    /// Polls MemberList on node `index` until every member announces the client URL it listens
+    /// on (members publish their URLs shortly after start, and a follower may see a publish
+    /// later than the leader), and returns that member list.
+    pub async fn wait_for_published_members(&self, index: usize) -> Vec<etcd_client::Member> {
+        let mut client = self.client(index).await;
+        let deadline = Instant::now() + MEMBERS_PUBLISHED_WAIT;
+        loop {
+            let members = client
+                .member_list()
+                .await
+                .expect("member list")
+                .members()
+                .to_vec();
+            let published = members.len() == self.nodes.len()
+                && self.nodes.iter().all(|node| {
+                    members
+                        .iter()
+                        .any(|m| m.id() == node.id && m.client_urls() == [node.client_url()])
+                });
+            if published {
+                return members;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {index}: members did not publish their client URLs within \
+                 {MEMBERS_PUBLISHED_WAIT:?}: {members:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Fails the test at once if a node the test did not kill has exited (a crash, a failed
