@@ -1,5 +1,6 @@
 //! The MVCC key space: etcd's revisioned key-value semantics (ETCD_WIRE.md section 3) kept in
-//! ONE sled tree, together with the few raw entries the Raft state machine stores beside it.
+//! ONE sled tree, together with the few raw entries the Raft state machine stores beside it, and
+//! the current version of every key also in memory.
 //!
 //! It owns: the current value of every key, every older version still inside the history window,
 //! the store revision and the compact revision. It decides every etcd outcome of a read or a write
@@ -16,8 +17,9 @@
 //!   for each command:  Apply (overlay of raw tree writes, read-your-writes over the tree)
 //!                        Put / Delete / Txn / Compact -> CommandResponse
 //!                        an etcd error (KvError) undoes that command's overlay writes
-//!   overlay + extra + meta ---> one sled::Batch ---> tree.apply_batch ---> publish revision
-//! range(op) -- read gate -- live entries (current revision) or history entries (older revision)
+//!   overlay (history) + extra + meta ---> one sled::Batch ---> tree.apply_batch
+//!   overlay (live) ---> in-memory live map ---> publish revision
+//! range(op) -- read gate -- live map (current revision) or history entries (older revision)
 //! ```
 //!
 //! # Layout of the tree
@@ -26,7 +28,7 @@
 //! | prefix | tree key | value |
 //! |---|---|---|
 //! | `0x00` meta | `0x00 "revision"`, `0x00 "compact_revision"` | `i64`, 8 bytes big-endian |
-//! | `0x01` live | `0x01 user_key` | `StoredValue` of the current version; absent once deleted |
+//! | `0x01` live | `0x01 user_key` | in memory only (see below); an earlier layout stored it |
 //! | `0x02` history | `0x02 escape(user_key) 0x00 0x00 mod_revision` | `'P'` + `StoredValue`, or `'T'` |
 //! | `0x03` extra | [`EXTRA_PREFIX`] + anything | the caller's bytes, never interpreted here |
 //!
@@ -36,8 +38,13 @@
 //! therefore maps to the contiguous tree range `[0x02 escape(k) 0x00 0x00, 0x02 escape(e) 0x00
 //! 0x00)`. The history holds every version, the current one included: a read at an older revision
 //! `R` takes, per key, the newest history entry with `mod_revision <= R`, and a tombstone (`'T'`,
-//! written at the deletion revision) means the key was absent at `R`. Reads at the current
-//! revision only scan the live entries.
+//! written at the deletion revision) means the key was absent at `R`.
+//!
+//! The live entries (`0x01 user_key` -> `StoredValue` of the current version) are a `BTreeMap` in
+//! memory, under the same gate: exactly the newest history entry of each key that is not a
+//! tombstone. Reads at the current revision and the compares and reads inside `apply` use it; it
+//! is rebuilt from the history on open and on restore. A tree from the earlier layout, which
+//! stored the live entries, has them dropped on open (the history already holds them).
 //!
 //! `StoredValue` (create_revision, mod_revision, version, lease, value) is encoded with
 //! [`crate::codec`] (bincode over serde), the project's one format for its own data. The user key
@@ -47,16 +54,20 @@
 //! - **One tree, one batch.** Data, history, meta and the caller's `last_applied`/membership commit
 //!   in the same `apply_batch`, so a restart never finds data ahead of or behind `last_applied`.
 //!   Rejected: one tree per kind, which would need sled transactions across trees.
-//! - **Current value stored twice** (live and newest history entry). Current reads, the common
-//!   case, stay a plain scan with no per-key version search; the cost is one more copy of each
-//!   current value. Rejected: an in-memory index like etcd's, which must be rebuilt on every
-//!   start and kept equal to the tree.
+//! - **Current values in memory, history in the tree.** A put is one sled insert (its history
+//!   entry) and reads nothing from sled; current reads and compares never touch sled. The cost is
+//!   memory (every current key and value, as etcd's bbolt keeps its file mapped) and a scan of the
+//!   history on every start. Measured (bench/results/2026-12-02-live-in-memory.md): with the live
+//!   entries also in sled, each put wrote two sled entries and read one, and sled was about a
+//!   third of a loaded cluster's CPU. Rejected: storing the live entries too (the earlier
+//!   layout); an index of revisions only, which still reads sled for every current value.
 //! - **History reads and compaction scan.** A read at an older revision walks every version of
 //!   the keys in its range, and Compact walks the whole history (holding the keys it drops in
 //!   memory) inside one batch. Simple and obviously deterministic; if history grows large, a
 //!   reverse-seek per key is the next step.
-//! - **A gate (`RwLock<()>`) around the tree** rather than relying on sled's own isolation:
-//!   a range scans many entries and must see all of one applied batch or none of it.
+//! - **A gate (`RwLock`, holding the live map) around the tree** rather than relying on sled's
+//!   own isolation: a range scans many entries and must see all of one applied batch or none of
+//!   it, in the map and in the tree.
 //! - **Storage read failures inside [`KeySpace::range`] panic.** Its error type is the etcd
 //!   [`KvError`], which must stay deterministic across replicas; a local disk or decoding failure
 //!   is not an etcd answer, and serving on from a store that cannot be read is worse than a crash.
@@ -314,65 +325,68 @@ type Overlay = BTreeMap<Vec<u8>, PendingWrite>;
 /// `Some(value)` inserts, `None` removes.
 type PendingWrite = Option<Vec<u8>>;
 
-/// The tree as it will be once `overlay` is written: what every command of an `apply` reads.
+/// The current version of every existing key, in memory: [`live_key`] -> encoded
+/// [`StoredValue`]. It is the newest history entry of each key that is not a tombstone, rebuilt
+/// from the tree on open and on restore, and changed only by `apply` under the write gate.
+type LiveMap = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// The key space as it will be once `overlay` is written: what every command of an `apply`
+/// reads. Live entries come from the in-memory [`LiveMap`], everything else from the tree.
 struct View<'a> {
     tree: &'a sled::Tree,
+    live: &'a LiveMap,
     overlay: &'a Overlay,
 }
 
 impl View<'_> {
     fn get(&self, tree_key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        match self.overlay.get(tree_key) {
-            Some(pending) => Ok(pending.clone()),
-            None => Ok(self
-                .tree
-                .get(tree_key)
-                .map_err(sled_error)?
-                .map(|value| value.to_vec())),
+        if let Some(pending) = self.overlay.get(tree_key) {
+            return Ok(pending.clone());
         }
+        if tree_key.first() == Some(&LIVE_PREFIX) {
+            return Ok(self.live.get(tree_key).cloned());
+        }
+        Ok(self
+            .tree
+            .get(tree_key)
+            .map_err(sled_error)?
+            .map(|value| value.to_vec()))
     }
 
-    /// Visits every entry in `[low, high)` in key order, the overlay taking precedence.
+    /// Visits every entry in `[low, high)` in key order, the overlay taking precedence. The
+    /// bounds stay inside one prefix: the live entries or the tree's.
     fn scan(
         &self,
         low: &[u8],
         high: &[u8],
-        mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
+        visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
     ) -> io::Result<()> {
         if low >= high {
             return Ok(());
         }
-        let mut base = self.tree.range(low..high);
-        let mut pending = self
+        let pending = self
             .overlay
-            .range::<[u8], _>((Bound::Included(low), Bound::Excluded(high)))
-            .peekable();
-        let mut next_base = base.next().transpose().map_err(sled_error)?;
-        loop {
-            let take_pending = match (&next_base, pending.peek()) {
-                (None, None) => return Ok(()),
-                (Some(_), None) => false,
-                (None, Some(_)) => true,
-                (Some((base_key, _)), Some((pending_key, _))) => {
-                    pending_key.as_slice() <= base_key.as_ref()
-                }
-            };
-            if take_pending {
-                let (pending_key, pending_value) = pending.next().expect("peeked");
-                if next_base
-                    .as_ref()
-                    .is_some_and(|(base_key, _)| base_key.as_ref() == pending_key.as_slice())
-                {
-                    next_base = base.next().transpose().map_err(sled_error)?;
-                }
-                if let Some(value) = pending_value {
-                    visit(pending_key, value)?;
-                }
-            } else {
-                let (base_key, base_value) = next_base.take().expect("matched Some");
-                visit(&base_key, &base_value)?;
-                next_base = base.next().transpose().map_err(sled_error)?;
-            }
+            .range::<[u8], _>((Bound::Included(low), Bound::Excluded(high)));
+        if low.first() == Some(&LIVE_PREFIX) {
+            assert!(
+                high <= [LIVE_PREFIX + 1].as_slice(),
+                "a scan of live entries past the live prefix"
+            );
+            let base = self
+                .live
+                .range::<[u8], _>((Bound::Included(low), Bound::Excluded(high)))
+                .map(|(key, value)| Ok((key.as_slice(), value.as_slice())));
+            merge_scan(base, pending, visit)
+        } else {
+            assert!(
+                high <= [LIVE_PREFIX].as_slice() || low >= [LIVE_PREFIX + 1].as_slice(),
+                "a scan of tree entries across the live prefix"
+            );
+            let base = self
+                .tree
+                .range(low..high)
+                .map(|entry| entry.map_err(sled_error));
+            merge_scan(base, pending, visit)
         }
     }
 
@@ -434,6 +448,47 @@ impl View<'_> {
             Ok(())
         })?;
         flush(&current_key, &mut newest)
+    }
+}
+
+/// Visits the entries of `base` (ascending keys) with the `pending` writes laid over them: a
+/// pending entry replaces the base entry of the same key, and a pending removal hides it.
+fn merge_scan<'p, K, V>(
+    mut base: impl Iterator<Item = io::Result<(K, V)>>,
+    pending: impl Iterator<Item = (&'p Vec<u8>, &'p PendingWrite)>,
+    mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
+) -> io::Result<()>
+where
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    let mut pending = pending.peekable();
+    let mut next_base = base.next().transpose()?;
+    loop {
+        let take_pending = match (&next_base, pending.peek()) {
+            (None, None) => return Ok(()),
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some((base_key, _)), Some((pending_key, _))) => {
+                pending_key.as_slice() <= base_key.as_ref()
+            }
+        };
+        if take_pending {
+            let (pending_key, pending_value) = pending.next().expect("peeked");
+            if next_base
+                .as_ref()
+                .is_some_and(|(base_key, _)| base_key.as_ref() == pending_key.as_slice())
+            {
+                next_base = base.next().transpose()?;
+            }
+            if let Some(value) = pending_value {
+                visit(pending_key, value)?;
+            }
+        } else {
+            let (base_key, base_value) = next_base.take().expect("matched Some");
+            visit(base_key.as_ref(), base_value.as_ref())?;
+            next_base = base.next().transpose()?;
+        }
     }
 }
 
@@ -600,6 +655,7 @@ struct TxnPath {
 /// left them.
 struct Apply<'a> {
     tree: &'a sled::Tree,
+    live: &'a LiveMap,
     overlay: Overlay,
     revision: i64,
     compact_revision: i64,
@@ -615,6 +671,7 @@ impl Apply<'_> {
     fn view(&self) -> View<'_> {
         View {
             tree: self.tree,
+            live: self.live,
             overlay: &self.overlay,
         }
     }
@@ -939,8 +996,9 @@ impl Loaded {
 /// applies, and the API's local reads.
 pub struct KeySpace {
     tree: sled::Tree,
-    /// Readers hold it shared, `apply` and `restore` exclusively, so no read sees half a batch.
-    gate: RwLock<()>,
+    /// The live entries. Readers hold the lock shared, `apply` and `restore` exclusively, so no
+    /// read sees half a batch, of the map or of the tree.
+    gate: RwLock<LiveMap>,
     revision: AtomicI64,
     compact_revision: AtomicI64,
     live_key_count: AtomicUsize,
@@ -949,16 +1007,21 @@ pub struct KeySpace {
 impl KeySpace {
     /// Opens (or creates) the key space in `tree`: revision 1 and compact revision 0 when empty.
     pub fn open(tree: sled::Tree) -> io::Result<KeySpace> {
+        drop_stored_live_entries(&tree)?;
+        let live = live_from_history(
+            tree.range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1])
+                .map(|entry| entry.map_err(sled_error)),
+        )?;
         let loaded = Loaded::new(
             tree.get(META_REVISION_KEY).map_err(sled_error)?.as_deref(),
             tree.get(META_COMPACT_REVISION_KEY)
                 .map_err(sled_error)?
                 .as_deref(),
-            count_live_keys(&tree)?,
+            live.len(),
         )?;
         Ok(KeySpace {
             tree,
-            gate: RwLock::new(()),
+            gate: RwLock::new(live),
             revision: AtomicI64::new(loaded.revision),
             compact_revision: AtomicI64::new(loaded.compact_revision),
             live_key_count: AtomicUsize::new(loaded.live_key_count),
@@ -984,7 +1047,7 @@ impl KeySpace {
     ///
     /// Panics if the tree cannot be read or decoded (see the module docs).
     pub fn range(&self, op: &RangeOp) -> Result<(RangeResult, i64), KvError> {
-        let _gate = self.read_gate();
+        let live = self.read_gate();
         let revision = self.revision();
         let revisions = ReadRevisions {
             current: revision,
@@ -994,6 +1057,7 @@ impl KeySpace {
         let overlay = Overlay::new();
         let view = View {
             tree: &self.tree,
+            live: &live,
             overlay: &overlay,
         };
         match read_range(&view, op, revisions) {
@@ -1027,11 +1091,12 @@ impl KeySpace {
     where
         F: FnOnce(&[CommandResponse]) -> io::Result<ExtraChanges>,
     {
-        let _gate = self.write_gate();
+        let mut live = self.write_gate();
         let revision_before = self.revision();
         let compact_revision_before = self.compact_revision();
         let mut apply = Apply {
             tree: &self.tree,
+            live: &live,
             overlay: Overlay::new(),
             revision: revision_before,
             compact_revision: compact_revision_before,
@@ -1063,8 +1128,20 @@ impl KeySpace {
                 "an extra entry outside EXTRA_PREFIX"
             );
         }
+        let Apply {
+            overlay,
+            revision,
+            compact_revision,
+            live_key_count,
+            ..
+        } = apply;
         let mut batch = sled::Batch::default();
-        for (key, value) in apply.overlay {
+        let mut live_changes = Vec::new();
+        for (key, value) in overlay {
+            if key.first() == Some(&LIVE_PREFIX) {
+                live_changes.push((key, value));
+                continue;
+            }
             match value {
                 Some(value) => batch.insert(key, value),
                 None => batch.remove(key),
@@ -1078,22 +1155,30 @@ impl KeySpace {
         }
         // Only what changed: a missing meta entry reads back as its initial value, and every
         // replica makes the same choice from the same commands.
-        if apply.revision != revision_before {
-            batch.insert(META_REVISION_KEY, encode_meta(apply.revision));
+        if revision != revision_before {
+            batch.insert(META_REVISION_KEY, encode_meta(revision));
         }
-        if apply.compact_revision != compact_revision_before {
-            batch.insert(
-                META_COMPACT_REVISION_KEY,
-                encode_meta(apply.compact_revision),
-            );
+        if compact_revision != compact_revision_before {
+            batch.insert(META_COMPACT_REVISION_KEY, encode_meta(compact_revision));
         }
         self.tree.apply_batch(batch).map_err(sled_error)?;
+        // The tree holds the batch: now the map follows, before any reader can look.
+        for (key, value) in live_changes {
+            match value {
+                Some(value) => live.insert(key, value),
+                None => live.remove(&key),
+            };
+        }
+        assert_eq!(
+            live.len(),
+            live_key_count,
+            "the live entries are the keys that exist"
+        );
 
-        self.revision.store(apply.revision, Ordering::Release);
+        self.revision.store(revision, Ordering::Release);
         self.compact_revision
-            .store(apply.compact_revision, Ordering::Release);
-        self.live_key_count
-            .store(apply.live_key_count, Ordering::Release);
+            .store(compact_revision, Ordering::Release);
+        self.live_key_count.store(live_key_count, Ordering::Release);
         Ok(responses)
     }
 
@@ -1180,18 +1265,24 @@ impl KeySpace {
 
     /// Replaces the whole content of the tree by `entries` in one batch, then reloads the revision
     /// and compact revision. `entries` are checked first: on an error nothing changes.
+    ///
+    /// A dump from before the live entries moved to memory also holds them (prefix
+    /// [`LIVE_PREFIX`]): they are checked like the rest and left out, as the history rebuilds them.
     pub fn restore(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> io::Result<()> {
-        let loaded = check_entries(&entries)?;
-        let _gate = self.write_gate();
+        let (loaded, restored_live) = check_entries(&entries)?;
+        let mut live = self.write_gate();
         let mut batch = sled::Batch::default();
         for key in self.tree.iter().keys() {
             batch.remove(key.map_err(sled_error)?);
         }
         // A batch keeps the last write per key, so a restored key's insert wins over its removal.
         for (key, value) in entries {
-            batch.insert(key, value);
+            if key.first() != Some(&LIVE_PREFIX) {
+                batch.insert(key, value);
+            }
         }
         self.tree.apply_batch(batch).map_err(sled_error)?;
+        *live = restored_live;
         self.revision.store(loaded.revision, Ordering::Release);
         self.compact_revision
             .store(loaded.compact_revision, Ordering::Release);
@@ -1200,46 +1291,108 @@ impl KeySpace {
         Ok(())
     }
 
-    fn read_gate(&self) -> RwLockReadGuard<'_, ()> {
+    fn read_gate(&self) -> RwLockReadGuard<'_, LiveMap> {
         // A writer that panicked broke an invariant: readers stop too rather than serve on.
         self.gate.read().expect("the key space gate is poisoned")
     }
 
-    fn write_gate(&self) -> RwLockWriteGuard<'_, ()> {
+    fn write_gate(&self) -> RwLockWriteGuard<'_, LiveMap> {
         self.gate.write().expect("the key space gate is poisoned")
     }
 }
 
-fn count_live_keys(tree: &sled::Tree) -> io::Result<usize> {
-    let mut count = 0;
-    for key in tree.scan_prefix([LIVE_PREFIX]).keys() {
-        key.map_err(sled_error)?;
-        count += 1;
+/// The live entries as the history defines them: per user key, its newest history entry unless
+/// that is a tombstone. `history` yields history entries in tree order.
+fn live_from_history<K, V>(history: impl Iterator<Item = io::Result<(K, V)>>) -> io::Result<LiveMap>
+where
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    let mut live = LiveMap::new();
+    // Entries of one key arrive together, oldest first: the last one seen is the newest.
+    let mut newest: Option<(Vec<u8>, V)> = None;
+    let mut keep = |user_key: Vec<u8>, entry: V| -> io::Result<()> {
+        match entry.as_ref().split_first() {
+            Some((&HISTORY_PUT, stored)) => {
+                decode_key_value(&user_key, stored)?;
+                live.insert(live_key(&user_key), stored.to_vec());
+            }
+            Some((&HISTORY_TOMBSTONE, [])) => {}
+            _ => {
+                return Err(invalid_data(format!(
+                    "malformed history value of key {user_key:?}"
+                )));
+            }
+        }
+        Ok(())
+    };
+    for entry in history {
+        let (tree_key, value) = entry?;
+        let (user_key, _) = parse_history_key(tree_key.as_ref())?;
+        if let Some((previous_key, previous_entry)) = newest.take()
+            && previous_key != user_key
+        {
+            keep(previous_key, previous_entry)?;
+        }
+        newest = Some((user_key, value));
     }
-    Ok(count)
+    if let Some((user_key, entry)) = newest {
+        keep(user_key, entry)?;
+    }
+    Ok(live)
 }
 
-/// Checks a dump before it replaces the tree: known prefixes, well-formed keys and values, and no
-/// version newer than the stored revision.
-fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<Loaded> {
+/// Removes the live entries a tree written before they moved to memory still holds, in one
+/// batch: the history holds every current version too, and the live map is rebuilt from it.
+fn drop_stored_live_entries(tree: &sled::Tree) -> io::Result<()> {
+    let mut batch = sled::Batch::default();
+    let mut dropped = 0usize;
+    for key in tree.scan_prefix([LIVE_PREFIX]).keys() {
+        batch.remove(key.map_err(sled_error)?);
+        dropped += 1;
+    }
+    if dropped > 0 {
+        tree.apply_batch(batch).map_err(sled_error)?;
+        tree.flush().map_err(sled_error)?;
+        tracing::info!(
+            dropped,
+            "key space: stored live entries of an earlier layout dropped (now kept in memory)"
+        );
+    }
+    Ok(())
+}
+
+/// Checks a dump before it replaces the tree: known prefixes, well-formed keys and values, history
+/// entries in tree order, and no version newer than the stored revision. Returns what it holds
+/// and the live entries its history defines.
+fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, LiveMap)> {
     let mut revision = None;
     let mut compact_revision = None;
-    let mut live_key_count = 0;
     let mut newest_mod_revision = REVISION_INITIAL;
+    let mut history: Vec<(&[u8], &[u8])> = Vec::new();
     for (key, value) in entries {
         match key.first() {
             Some(&META_PREFIX) if key == META_REVISION_KEY => revision = Some(value.as_slice()),
             Some(&META_PREFIX) if key == META_COMPACT_REVISION_KEY => {
                 compact_revision = Some(value.as_slice())
             }
+            // An earlier layout's copy of a current version: checked, then rebuilt from history.
             Some(&LIVE_PREFIX) => {
                 let kv = decode_key_value(&key[1..], value)?;
                 newest_mod_revision = newest_mod_revision.max(kv.mod_revision);
-                live_key_count += 1;
             }
             Some(&HISTORY_PREFIX) => {
                 let (_, mod_revision) = parse_history_key(key)?;
                 newest_mod_revision = newest_mod_revision.max(mod_revision);
+                if history
+                    .last()
+                    .is_some_and(|(last, _)| *last >= key.as_slice())
+                {
+                    return Err(invalid_data(format!(
+                        "history entry {key:?} out of order in a key space dump"
+                    )));
+                }
+                history.push((key, value));
             }
             Some(&EXTRA_PREFIX) => {}
             _ => {
@@ -1249,14 +1402,15 @@ fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<Loaded> {
             }
         }
     }
-    let loaded = Loaded::new(revision, compact_revision, live_key_count)?;
+    let live = live_from_history(history.into_iter().map(Ok))?;
+    let loaded = Loaded::new(revision, compact_revision, live.len())?;
     if newest_mod_revision > loaded.revision {
         return Err(invalid_data(format!(
             "a key space dump holds revision {newest_mod_revision} above its revision {}",
             loaded.revision
         )));
     }
-    Ok(loaded)
+    Ok((loaded, live))
 }
 
 #[cfg(test)]
@@ -2701,7 +2855,118 @@ pub(crate) mod tests {
                     keyspace.live_key_count(),
                     states.last().expect("a state").len()
                 );
+                if step % 20 == 0 {
+                    assert_live_map_is_the_history(&keyspace);
+                }
             }
+            assert_live_map_is_the_history(&keyspace);
         }
+    }
+
+    /// The in-memory live entries equal what the tree's history defines (as a reopen rebuilds
+    /// them), and the tree itself stores no live entry.
+    fn assert_live_map_is_the_history(keyspace: &KeySpace) {
+        let live = keyspace.read_gate();
+        let rebuilt = live_from_history(
+            keyspace
+                .tree
+                .range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1])
+                .map(|entry| entry.map_err(sled_error)),
+        )
+        .expect("rebuild");
+        assert_eq!(*live, rebuilt);
+        assert_eq!(keyspace.tree.scan_prefix([LIVE_PREFIX]).count(), 0);
+    }
+
+    /// Writes the live entries into the tree as the layout before they moved to memory did.
+    fn store_live_entries_as_the_earlier_layout(keyspace: &KeySpace) {
+        let live = keyspace.read_gate();
+        let mut batch = sled::Batch::default();
+        for (key, value) in live.iter() {
+            batch.insert(key.as_slice(), value.as_slice());
+        }
+        keyspace
+            .tree
+            .apply_batch(batch)
+            .expect("store live entries");
+    }
+
+    fn every_read(keyspace: &KeySpace) -> Vec<Result<(RangeResult, i64), KvError>> {
+        (0..=keyspace.revision() + 1)
+            .map(|revision| {
+                keyspace.range(&RangeOp {
+                    revision,
+                    ..range_op(b"\0", b"\0")
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tree_of_the_earlier_layout_opens_with_the_same_reads_and_its_live_entries_dropped() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("db");
+        let before = {
+            let db = sled::Config::new().path(&path).open().expect("open db");
+            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("open");
+            for (index, key) in awkward_keys().iter().enumerate() {
+                run(&keyspace, put(key, &[index as u8]));
+            }
+            run(&keyspace, delete(b"a", b"b"));
+            run(&keyspace, put(b"a", b"again"));
+            run(&keyspace, Command::Compact { revision: 5 });
+            store_live_entries_as_the_earlier_layout(&keyspace);
+            assert!(keyspace.tree.scan_prefix([LIVE_PREFIX]).count() > 0);
+            db.flush().expect("flush");
+            (every_read(&keyspace), keyspace.live_key_count())
+        };
+        let db = open_when_released(&path);
+        let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("reopen");
+        assert_eq!((every_read(&keyspace), keyspace.live_key_count()), before);
+        assert_live_map_is_the_history(&keyspace);
+    }
+
+    #[test]
+    fn a_dump_of_the_earlier_layout_restores_the_same_reads_without_live_entries() {
+        let source = open_temporary();
+        for (index, key) in awkward_keys().iter().enumerate() {
+            run(&source, put(key, &[index as u8]));
+        }
+        run(&source, delete(b"\0", b"a"));
+        let dump = source.dump().expect("dump");
+        store_live_entries_as_the_earlier_layout(&source);
+        let earlier_dump = source.tree.iter().map(|entry| {
+            let (key, value) = entry.expect("entry");
+            (key.to_vec(), value.to_vec())
+        });
+        let earlier_dump: Vec<(Vec<u8>, Vec<u8>)> = earlier_dump.collect();
+        assert!(earlier_dump.len() > dump.len());
+
+        let target = open_temporary();
+        target.restore(earlier_dump).expect("restore");
+        assert_eq!(target.dump().expect("dump"), dump);
+        assert_eq!(every_read(&target), every_read(&source));
+        assert_eq!(target.live_key_count(), source.live_key_count());
+        assert_live_map_is_the_history(&target);
+    }
+
+    #[test]
+    fn restore_refuses_history_out_of_order_and_changes_nothing() {
+        let source = open_temporary();
+        run(&source, put(b"a", b"1"));
+        run(&source, put(b"b", b"1"));
+        let mut dump = source.dump().expect("dump");
+        let history: Vec<usize> = (0..dump.len())
+            .filter(|&i| dump[i].0.first() == Some(&HISTORY_PREFIX))
+            .collect();
+        dump.swap(history[0], history[1]);
+
+        let target = open_temporary();
+        run(&target, put(b"kept", b"v"));
+        let before = target.dump().expect("dump");
+        let refused = target.restore(dump).expect_err("out of order");
+        assert!(refused.to_string().contains("out of order"), "{refused}");
+        assert_eq!(target.dump().expect("dump"), before);
+        assert_eq!(get(&target, b"kept").expect("kept").value, b"v");
     }
 }
