@@ -148,8 +148,9 @@ impl KvReader {
         self.keyspace.live_key_count()
     }
 
-    /// Makes everything written so far durable (the whole database).
+    /// Makes everything applied so far durable (the whole database).
     pub fn flush(&self) -> io::Result<()> {
+        self.keyspace.persist()?;
         self.db.flush().map(|_| ()).map_err(codec::sled_error)
     }
 

@@ -303,6 +303,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (last_log_id, last_membership) = self
             .read_applied_state()
             .expect("read applied state for a snapshot");
+        // The db flush in build_snapshot must cover every write up to this point of the log.
+        self.keyspace
+            .persist()
+            .expect("hand the key space's applied writes to sled for a snapshot");
         let dump = self
             .keyspace
             .dump()
