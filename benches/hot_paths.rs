@@ -3,11 +3,13 @@
 //!
 //! ```text
 //! client put -> leader: LogStore::append + flush (group commit)   <- log_append_flush/{1,16,128}
-//!            -> committed: StateMachine::apply -> KeySpace::apply <- keyspace_apply_put/{1,16,128}
+//!            -> committed: StateMachine::apply -> KeySpace::apply (+ persist) <- keyspace_apply_put/{1,16,128}
 //! ```
 //!
-//! - `keyspace_apply_put/N`: one `KeySpace::apply` of N Put commands (one sled batch, no flush,
-//!   as the state machine does), over 10,000 keys so most puts overwrite a key and keep a version.
+//! - `keyspace_apply_put/N`: one `KeySpace::apply` of N Put commands, then `KeySpace::persist`
+//!   (their one sled batch, no flush), over 10,000 keys so most puts overwrite a key and keep a
+//!   version. The state machine hands several applies to sled in one batch; one batch per apply,
+//!   as here, is the cost when writes are rare.
 //! - `log_append_flush/N`: one `append` of N entries, timed until its callback reports them
 //!   durable: ONE flush covers the whole batch, which is the group-commit path.
 //!
@@ -92,12 +94,15 @@ fn entries(next_index: &mut u64, count: usize) -> Vec<EntryOf<TypeConfig>> {
         .collect()
 }
 
-/// Applies `commands` in one `KeySpace::apply`, as the state machine does with a committed batch.
+/// Applies `commands` in one `KeySpace::apply`, as the state machine does with a committed batch,
+/// and hands the writes to sled.
 fn apply(keyspace: &KeySpace, commands: &[Command]) -> Vec<CommandResponse> {
     let commands: Vec<Option<&Command>> = commands.iter().map(Some).collect();
-    keyspace
+    let responses = keyspace
         .apply(&commands, Vec::new())
-        .expect("apply a batch to the key space")
+        .expect("apply a batch to the key space");
+    keyspace.persist().expect("hand the writes to sled");
+    responses
 }
 
 fn keyspace_apply_put(c: &mut Criterion) {
