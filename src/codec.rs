@@ -11,6 +11,13 @@ pub fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// [`encode`] appended to `buffer`, which the caller may have sized up front.
+pub fn encode_into<T: Serialize>(value: &T, buffer: &mut Vec<u8>) -> io::Result<()> {
+    bincode::serde::encode_into_std_write(value, buffer, bincode::config::standard())
+        .map(|_| ())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Decodes a whole buffer: trailing bytes mean corruption or a format mismatch, never ignored.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     let (value, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())

@@ -5,9 +5,9 @@
 //!                   --apply--> KeySpace::apply_with (data + last_applied + membership + client
 //!                              sessions, one batch)
 //!                                   |
-//! try_create_snapshot_builder: KeySpace::dump (consistent: runs in the state machine task,
-//!                                   |          so no apply interleaves)
-//! build_snapshot (concurrent with apply): encode, flush the db, write snapshots/current.snap
+//! try_create_snapshot_builder: KeySpace::persist, then KeySpace::encode_dump (consistent: runs
+//!                                   |          in the state machine task, so no apply interleaves)
+//! build_snapshot (concurrent with apply): flush the db, write snapshots/current.snap
 //! install_snapshot: keep the file as the current snapshot, then KeySpace::restore (one batch)
 //! ```
 //!
@@ -125,21 +125,22 @@ enum Answer {
     Alarms(Vec<(crate::types::NodeId, crate::types::AlarmKind)>),
 }
 
-/// Takes the key-space copy when created (inside the state machine task) and does the slow part,
-/// encoding and writing the file, in `build_snapshot`, concurrently with apply.
+/// Takes the encoded key-space copy when created (inside the state machine task) and does the slow
+/// part, flushing and writing the file, in `build_snapshot`, concurrently with apply.
 pub struct SnapshotBuilder {
     db: sled::Db,
     metrics: StoreMetrics,
     snapshots: SnapshotFiles,
     meta: SnapshotMetaOf<TypeConfig>,
-    dump: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The key space, encoded as a dump.
+    data: Vec<u8>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Vec<u8>>> {
-        let data = encode(&std::mem::take(&mut self.dump))?;
+        let data = std::mem::take(&mut self.data);
         // The key space must hold at least this state durably before openraft purges the log
         // behind the snapshot; the flush covers every tree of the db.
         self.db.flush_async().await.map_err(sled_error)?;
@@ -307,9 +308,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.keyspace
             .persist()
             .expect("hand the key space's applied writes to sled for a snapshot");
-        let dump = self
+        // Encoded here, not copied and encoded later: a snapshot holds one copy of the key space.
+        let data = self
             .keyspace
-            .dump()
+            .encode_dump()
             .expect("copy the key space for a snapshot");
         SnapshotBuilder {
             db: self.db.clone(),
@@ -319,7 +321,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last_log_id,
                 last_membership,
             },
-            dump,
+            data,
         }
     }
 
