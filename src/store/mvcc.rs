@@ -1627,6 +1627,16 @@ fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, LiveMap)
 pub(crate) mod tests {
     use super::*;
 
+    /// Applies a blank entry with the caller's raw entry `[EXTRA_PREFIX, name]` set to `value`.
+    fn write_extra(keyspace: &KeySpace, name: u8, value: &[u8]) {
+        keyspace
+            .apply(
+                &[None],
+                vec![(vec![EXTRA_PREFIX, name], Some(value.to_vec()))],
+            )
+            .expect("apply");
+    }
+
     fn open_temporary() -> KeySpace {
         let db = sled::Config::new()
             .temporary(true)
@@ -2696,21 +2706,11 @@ pub(crate) mod tests {
         run(&source, delete(b"a", b"b"));
         run(&source, put(b"a", b"again"));
         run(&source, Command::Compact { revision: 5 });
-        source
-            .apply(
-                &[None],
-                vec![(vec![EXTRA_PREFIX, b'x'], Some(b"extra".to_vec()))],
-            )
-            .expect("apply");
+        write_extra(&source, b'x', b"extra");
 
         let target = open_temporary();
         run(&target, put(b"stale", b"must disappear"));
-        target
-            .apply(
-                &[None],
-                vec![(vec![EXTRA_PREFIX, b'y'], Some(b"stale".to_vec()))],
-            )
-            .expect("apply");
+        write_extra(&target, b'y', b"stale");
         target
             .restore(source.dump().expect("dump"))
             .expect("restore");
@@ -2761,12 +2761,7 @@ pub(crate) mod tests {
         }
         keyspace.persist().expect("persist");
         run(&keyspace, delete(b"a", b"b"));
-        keyspace
-            .apply(
-                &[None],
-                vec![(vec![EXTRA_PREFIX, b'x'], Some(b"extra".to_vec()))],
-            )
-            .expect("apply");
+        write_extra(&keyspace, b'x', b"extra");
         same_bytes("some writes pending");
         let writes = keyspace.start_persisting().expect("pending writes");
         run(&keyspace, put(b"a", b"over persisting"));
