@@ -1627,6 +1627,13 @@ fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, LiveMap)
 pub(crate) mod tests {
     use super::*;
 
+    /// Puts every key of [`awkward_keys`], the n-th with the one-byte value n.
+    fn put_every_awkward_key(keyspace: &KeySpace) {
+        for (index, key) in awkward_keys().iter().enumerate() {
+            run(keyspace, put(key, &[index as u8]));
+        }
+    }
+
     /// Applies a blank entry with the caller's raw entry `[EXTRA_PREFIX, name]` set to `value`.
     fn write_extra(keyspace: &KeySpace, name: u8, value: &[u8]) {
         keyspace
@@ -2700,9 +2707,7 @@ pub(crate) mod tests {
     #[test]
     fn dump_and_restore_round_trip_gives_identical_reads() {
         let source = open_temporary();
-        for (index, key) in awkward_keys().iter().enumerate() {
-            run(&source, put(key, &[index as u8]));
-        }
+        put_every_awkward_key(&source);
         run(&source, delete(b"a", b"b"));
         run(&source, put(b"a", b"again"));
         run(&source, Command::Compact { revision: 5 });
@@ -3175,9 +3180,7 @@ pub(crate) mod tests {
     #[test]
     fn a_dump_of_the_earlier_layout_restores_the_same_reads_without_live_entries() {
         let source = open_temporary();
-        for (index, key) in awkward_keys().iter().enumerate() {
-            run(&source, put(key, &[index as u8]));
-        }
+        put_every_awkward_key(&source);
         run(&source, delete(b"\0", b"a"));
         let dump = source.dump().expect("dump");
         store_live_entries_as_the_earlier_layout(&source);
