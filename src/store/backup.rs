@@ -61,16 +61,18 @@ fn invalid(message: impl Into<String>) -> io::Error {
 
 /// The backup file of `keyspace`'s current state (consistent: one read under its gate).
 pub(crate) fn take(keyspace: &KeySpace) -> io::Result<(Vec<u8>, BackupSummary)> {
-    let dump = keyspace.dump()?;
+    // The revisions are read with the entries (an apply between them would make a backup whose
+    // header disagrees with its entries); check_entries re-derives them on restore.
+    let dump = keyspace.dump_with_revisions()?;
     let entries: Vec<(Vec<u8>, Vec<u8>)> = dump
+        .entries
         .into_iter()
         .filter(|(key, _)| key.first() != Some(&EXTRA_PREFIX))
         .collect();
-    // The revisions inside the dump are authoritative; check_entries re-derives them on restore.
     let backup = Backup {
         format: FORMAT,
-        revision: keyspace.revision(),
-        compact_revision: keyspace.compact_revision(),
+        revision: dump.revision,
+        compact_revision: dump.compact_revision,
         entries,
     };
     let summary = BackupSummary {
@@ -191,6 +193,38 @@ mod tests {
                 vec![(vec![EXTRA_PREFIX, b'x'], Some(vec![1]))],
             )
             .expect("apply");
+    }
+
+    #[test]
+    fn a_backup_taken_while_writes_apply_has_the_revision_of_its_entries() {
+        let dir = tempfile::tempdir().expect("dir");
+        let keyspace = std::sync::Arc::new(keyspace(dir.path()));
+        let writer = {
+            let keyspace = keyspace.clone();
+            std::thread::spawn(move || {
+                for i in 0..3000 {
+                    put(&keyspace, &format!("k{}", i % 50));
+                }
+            })
+        };
+        let mut backups = 0;
+        while !writer.is_finished() || backups == 0 {
+            let (file, summary) = take(&keyspace).expect("take");
+            let backup = open(&file).expect("open");
+            let revision_entry = backup
+                .entries
+                .iter()
+                .find(|(key, _)| key.as_slice() == b"\x00revision")
+                .map(|(_, value)| i64::from_be_bytes(value.as_slice().try_into().expect("8")));
+            assert_eq!(
+                revision_entry.unwrap_or(1),
+                summary.revision,
+                "backup {backups}"
+            );
+            backups += 1;
+        }
+        writer.join().expect("writer");
+        keyspace.persist().expect("persist");
     }
 
     #[test]

@@ -125,6 +125,13 @@ use crate::types::TxnRequestOp;
 use crate::types::TxnResponseOp;
 use crate::types::TxnResult;
 
+/// A [`KeySpace::dump`] with the revisions it holds.
+pub struct RevisionedDump {
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    pub revision: i64,
+    pub compact_revision: i64,
+}
+
 /// The caller's raw entries to write with a batch: `(key, Some(value))` inserts, `(key, None)`
 /// removes; every key starts with [`EXTRA_PREFIX`].
 pub type ExtraChanges = Vec<(Vec<u8>, Option<Vec<u8>>)>;
@@ -1394,7 +1401,14 @@ impl KeySpace {
     /// is in it, read under the gate: a consistent copy for a snapshot, accepted as is by
     /// [`KeySpace::restore`].
     pub fn dump(&self) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.dump_with_revisions().map(|dump| dump.entries)
+    }
+
+    /// [`KeySpace::dump`] with the revision and compact revision it holds, read under the same
+    /// gate: an apply cannot come between them.
+    pub fn dump_with_revisions(&self) -> io::Result<RevisionedDump> {
         let memory = self.read_gate();
+        let (revision, compact_revision) = (self.revision(), self.compact_revision());
         let no_writes = Overlay::new();
         let view = self.view(&memory, &no_writes);
         let mut entries = Vec::new();
@@ -1402,7 +1416,11 @@ impl KeySpace {
             entries.push((key.to_vec(), value.to_vec()));
             Ok(())
         })?;
-        Ok(entries)
+        Ok(RevisionedDump {
+            entries,
+            revision,
+            compact_revision,
+        })
     }
 
     /// [`KeySpace::dump`] encoded with [`crate::codec`], the same bytes as `encode(&dump()?)`,
