@@ -699,12 +699,24 @@ async fn a_follower_down_during_10000_writes_catches_up_after_restart() {
 
     // The point of 10,000 writes: the leader purged the entries the follower missed, so only a
     // snapshot could bring it back. If this stops holding (limits changed), the test no longer
-    // proves catch-up by snapshot and needs more writes.
-    assert!(
-        cluster.nodes[down].log().contains("installed snapshot"),
-        "n{} caught up without installing a snapshot (no \"installed snapshot\" in its log)",
-        down + 1
-    );
+    // proves catch-up by snapshot and needs more writes. The follower logs the install after
+    // flushing it, which can be a moment after its data already serves reads.
+    cluster
+        .eventually(
+            Duration::from_secs(10),
+            &format!("n{} logs that it installed a snapshot", down + 1),
+            || {
+                let log = cluster.nodes[down].log();
+                async move {
+                    if log.contains("installed snapshot") {
+                        Ok(())
+                    } else {
+                        Err("caught up, but no \"installed snapshot\" in its log".to_string())
+                    }
+                }
+            },
+        )
+        .await;
 
     // Linearizable reads work on it too, and see exactly what the leader wrote.
     for i in [0, rng.index(WRITES), WRITES - 1] {
