@@ -291,23 +291,28 @@ async fn numbered_writes_stay_applied_once_across_snapshot_install_and_cluster_r
             .await;
 
         // The member that knows the session only from the snapshot leads and answers the repeat.
+        // MoveLeader goes to whoever leads now: an attempt that timed out may still have moved
+        // leadership (then the old leader refuses the next one), or an election may have.
         let target = cluster.nodes[down].id;
-        let maintenance = MaintenanceClient::connect(cluster.nodes[leader].client_url())
-            .await
-            .expect("connect");
+        let cluster_ref = &cluster;
         cluster
             .eventually(
                 Duration::from_secs(30),
                 "leadership moves to the snapshot member",
-                || {
-                    let mut maintenance = maintenance.clone();
-                    async move {
-                        maintenance
-                            .move_leader(etcd::MoveLeaderRequest { target_id: target })
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
+                || async move {
+                    let leader = cluster_ref.wait_for_leader().await;
+                    if leader == down {
+                        return Ok(());
                     }
+                    let mut maintenance =
+                        MaintenanceClient::connect(cluster_ref.nodes[leader].client_url())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    maintenance
+                        .move_leader(etcd::MoveLeaderRequest { target_id: target })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Err("moved; checking again".to_string())
                 },
             )
             .await;
