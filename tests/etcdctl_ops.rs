@@ -264,11 +264,25 @@ async fn etcdctl_adds_promotes_and_removes_a_learner_and_moves_the_leader() {
         }
         assert_eq!(initial_cluster.len(), 4, "{added}");
         cluster.nodes[n4].id = id;
-        let listed = member_list(program, &endpoints).await;
+        // etcd 3.4's MemberList answers from the member asked, which may not have the change yet.
+        let listed = cluster
+            .eventually(
+                SETTLE_MAX,
+                "member list shows the added learner",
+                || async {
+                    let listed = member_list(program, &endpoints).await;
+                    if listed.iter().any(|member| member.id == id) {
+                        Ok(listed)
+                    } else {
+                        Err(format!("{hex_id} not listed: {listed:?}"))
+                    }
+                },
+            )
+            .await;
         let learner = listed
             .iter()
             .find(|member| member.id == id)
-            .unwrap_or_else(|| panic!("{hex_id} not listed: {listed:?}"));
+            .expect("listed");
         assert!(learner.is_learner, "added as a learner: {learner:?}");
         assert_eq!(learner.peer_urls, [peer_url.as_str()]);
         assert_eq!(listed.len(), 4, "{listed:?}");
