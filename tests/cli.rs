@@ -14,8 +14,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::Cluster;
-use quorumdb::pb::etcdserverpb as etcd;
-use quorumdb::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use serde_json::Value;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
@@ -194,23 +192,7 @@ const HEADER_FIELDS: &[&str] = &["cluster_id", "member_id", "raft_term"];
 
 /// Makes n1 the leader, so roles in the status table are the same on every run.
 async fn lead_with_n1(cluster: &Cluster) {
-    let target = cluster.nodes[0].id;
-    cluster
-        .eventually(Duration::from_secs(30), "n1 leads", || async move {
-            let leader = cluster.wait_for_leader().await;
-            if leader == 0 {
-                return Ok(());
-            }
-            let mut maintenance = MaintenanceClient::connect(cluster.nodes[leader].client_url())
-                .await
-                .map_err(|e| e.to_string())?;
-            maintenance
-                .move_leader(etcd::MoveLeaderRequest { target_id: target })
-                .await
-                .map_err(|e| e.to_string())?;
-            Err("moved; checking again".to_string())
-        })
-        .await;
+    cluster.lead_with(0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

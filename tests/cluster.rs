@@ -702,20 +702,7 @@ async fn a_follower_down_during_10000_writes_catches_up_after_restart() {
     // proves catch-up by snapshot and needs more writes. The follower logs the install after
     // flushing it, which can be a moment after its data already serves reads.
     cluster
-        .eventually(
-            Duration::from_secs(10),
-            &format!("n{} logs that it installed a snapshot", down + 1),
-            || {
-                let log = cluster.nodes[down].log();
-                async move {
-                    if log.contains("installed snapshot") {
-                        Ok(())
-                    } else {
-                        Err("caught up, but no \"installed snapshot\" in its log".to_string())
-                    }
-                }
-            },
-        )
+        .wait_for_log_line(down, "installed snapshot", Duration::from_secs(10))
         .await;
 
     // Linearizable reads work on it too, and see exactly what the leader wrote.

@@ -17,7 +17,6 @@ use quorumdb::api::metadata::CLIENT_SEQ_KEY;
 use quorumdb::api::metadata::MIN_REVISION_KEY;
 use quorumdb::pb::etcdserverpb as etcd;
 use quorumdb::pb::etcdserverpb::kv_client::KvClient;
-use quorumdb::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use tonic::Code;
 use tonic::Request;
 use tonic::transport::Channel;
@@ -274,48 +273,11 @@ async fn numbered_writes_stay_applied_once_across_snapshot_install_and_cluster_r
             .await;
         cluster.restart(down);
         cluster
-            .eventually(
-                Duration::from_secs(90),
-                "the follower installs a snapshot",
-                || {
-                    let log = cluster.nodes[down].log();
-                    async move {
-                        if log.contains("installed snapshot") {
-                            Ok(())
-                        } else {
-                            Err("no \"installed snapshot\" in its log yet".to_string())
-                        }
-                    }
-                },
-            )
+            .wait_for_log_line(down, "installed snapshot", Duration::from_secs(90))
             .await;
 
         // The member that knows the session only from the snapshot leads and answers the repeat.
-        // MoveLeader goes to whoever leads now: an attempt that timed out may still have moved
-        // leadership (then the old leader refuses the next one), or an election may have.
-        let target = cluster.nodes[down].id;
-        let cluster_ref = &cluster;
-        cluster
-            .eventually(
-                Duration::from_secs(30),
-                "leadership moves to the snapshot member",
-                || async move {
-                    let leader = cluster_ref.wait_for_leader().await;
-                    if leader == down {
-                        return Ok(());
-                    }
-                    let mut maintenance =
-                        MaintenanceClient::connect(cluster_ref.nodes[leader].client_url())
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    maintenance
-                        .move_leader(etcd::MoveLeaderRequest { target_id: target })
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    Err("moved; checking again".to_string())
-                },
-            )
-            .await;
+        cluster.lead_with(down).await;
         assert_eq!(cluster.wait_for_leader().await, down);
         let mut on_new_leader = kv(&cluster, down).await;
         let repeat = on_new_leader

@@ -19,6 +19,8 @@ use etcd_client::Client;
 use etcd_client::ConnectOptions;
 use quorumdb::config::derive_node_id;
 use quorumdb::network::FaultPlan;
+use quorumdb::pb::etcdserverpb::MoveLeaderRequest;
+use quorumdb::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use quorumdb::pb::peer::RaftMessage;
 use quorumdb::pb::peer::peer_client::PeerClient;
 use tempfile::TempDir;
@@ -465,20 +467,46 @@ impl Cluster {
         for task in tasks {
             task.await.expect("writer");
         }
-        self.eventually(
-            Duration::from_secs(60),
-            "the leader builds a snapshot",
-            || {
-                let log = self.nodes[leader].log();
-                async move {
-                    if log.contains("built snapshot") {
-                        Ok(())
-                    } else {
-                        Err("no \"built snapshot\" in its log yet".to_string())
-                    }
+        self.wait_for_log_line(leader, "built snapshot", Duration::from_secs(60))
+            .await;
+    }
+
+    /// Makes node `index` the leader: MoveLeader to whoever leads now, until `index` leads (an
+    /// attempt that timed out may still have moved leadership, and the old leader then refuses
+    /// the next one).
+    pub async fn lead_with(&self, index: usize) {
+        let target = self.nodes[index].id;
+        let what = format!("n{} leads", index + 1);
+        self.eventually(Duration::from_secs(30), &what, || async move {
+            let leader = self.wait_for_leader().await;
+            if leader == index {
+                return Ok(());
+            }
+            let mut maintenance = MaintenanceClient::connect(self.nodes[leader].client_url())
+                .await
+                .map_err(|e| e.to_string())?;
+            maintenance
+                .move_leader(MoveLeaderRequest { target_id: target })
+                .await
+                .map_err(|e| e.to_string())?;
+            Err("moved; checking again".to_string())
+        })
+        .await;
+    }
+
+    /// Waits until node `index`'s log contains `text`; fails the test after `wait`.
+    pub async fn wait_for_log_line(&self, index: usize, text: &str, wait: Duration) {
+        let what = format!("n{} logs \"{text}\"", index + 1);
+        self.eventually(wait, &what, || {
+            let log = self.nodes[index].log();
+            async move {
+                if log.contains(text) {
+                    Ok(())
+                } else {
+                    Err(format!("no \"{text}\" in its log yet"))
                 }
-            },
-        )
+            }
+        })
         .await;
     }
 
