@@ -1,7 +1,8 @@
 //! Membership changes through etcd's Cluster API against real processes: a cluster grows from
 //! three to five members (each added as a learner, caught up, promoted) and shrinks back, its
 //! leader included, while a writer keeps writing, and no acknowledged write is lost; a removed
-//! member cannot disrupt the cluster; bad requests get etcd's errors and change nothing.
+//! member cannot disrupt the cluster; bad requests get etcd's errors and change nothing; a
+//! linearizable MemberList on a cut-off member refuses rather than answer a stale list.
 
 mod common;
 
@@ -19,7 +20,10 @@ use etcd_client::Client;
 use etcd_client::ConnectOptions;
 use etcd_client::GetOptions;
 use etcd_client::MemberAddOptions;
+use quorumdb::pb::etcdserverpb as etcd;
+use quorumdb::pb::etcdserverpb::cluster_client::ClusterClient;
 use tonic::Code;
+use tonic::transport::Channel;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 /// Bound on the background writer, whatever happens.
@@ -60,6 +64,23 @@ async fn roles(client: &mut Client) -> (BTreeSet<u64>, BTreeSet<u64>) {
     (voters, learners)
 }
 
+/// Voter ids and learner ids once `listed` holds for them, or as last listed after 10 s. The
+/// etcd-client crate's MemberList is serializable (an empty request, as etcd 3.4 sends), so right
+/// after a change another member may answer that has not applied it yet.
+async fn roles_once(
+    client: &mut Client,
+    listed: impl Fn(&BTreeSet<u64>, &BTreeSet<u64>) -> bool,
+) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (voters, learners) = roles(client).await;
+        if listed(&voters, &learners) || tokio::time::Instant::now() >= deadline {
+            return (voters, learners);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Adds node `index` as a learner, starts it, and promotes it once it has caught up.
 async fn grow(cluster: &mut Cluster, client: &mut Client, index: usize) {
     let added = client
@@ -71,7 +92,7 @@ async fn grow(cluster: &mut Cluster, client: &mut Client, index: usize) {
         .expect("member add");
     let id = added.member().expect("the added member").id();
     cluster.nodes[index].id = id;
-    let (_, learners) = roles(client).await;
+    let (_, learners) = roles_once(client, |_, learners| learners.contains(&id)).await;
     assert!(learners.contains(&id), "added as a learner");
     cluster.restart(index);
     let name = cluster.nodes[index].name.clone();
@@ -90,7 +111,7 @@ async fn grow(cluster: &mut Cluster, client: &mut Client, index: usize) {
             },
         )
         .await;
-    let (voters, _) = roles(client).await;
+    let (voters, _) = roles_once(client, |voters, _| voters.contains(&id)).await;
     assert!(voters.contains(&id), "{name} votes");
     // It serves linearizable reads of everything written so far.
     let mut on_new = cluster.client(index).await;
@@ -148,7 +169,7 @@ async fn the_cluster_grows_to_five_and_shrinks_back_under_writes_losing_no_ackno
         grow(&mut cluster, &mut admin, n4).await;
         let n5 = cluster.add_node();
         grow(&mut cluster, &mut admin, n5).await;
-        let (voters, _) = roles(&mut admin).await;
+        let (voters, _) = roles_once(&mut admin, |voters, _| voters.len() == 5).await;
         assert_eq!(voters.len(), 5);
 
         // Shrink: first the leader (moved to n4 so the original three stay), then n5.
@@ -181,8 +202,11 @@ async fn the_cluster_grows_to_five_and_shrinks_back_under_writes_losing_no_ackno
             .await
             .expect("remove n5");
         cluster.kill(n5);
-        let (voters, learners) = roles(&mut admin).await;
         let original: BTreeSet<u64> = (0..3).map(|i| cluster.nodes[i].id).collect();
+        let (voters, learners) = roles_once(&mut admin, |voters, learners| {
+            *voters == original && learners.is_empty()
+        })
+        .await;
         assert_eq!((voters, learners.len()), (original, 0));
 
         // Let the writer run a little on the shrunk cluster, then stop it.
@@ -408,6 +432,77 @@ async fn a_member_added_after_the_log_was_purged_catches_up_by_snapshot_then_vot
             .await
             .expect("a linearizable read on the new member");
         assert_eq!(count.count(), WRITES as i64);
+    })
+    .await;
+}
+
+/// MemberList with `linearizable` (what etcd 3.5+ clients send) passes the read barrier: a
+/// member cut off from the leader refuses it instead of answering without a change committed
+/// meanwhile, and the first answer after the heal lists that change. Without `linearizable` the
+/// member answers its own, stale, list, as etcd does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linearizable_member_list_on_a_cut_off_member_refuses_rather_than_answer_stale() {
+    in_time(async {
+        let cluster = Cluster::start(3);
+        let leader = cluster.wait_for_leader().await;
+        let followers = cluster.followers(leader);
+        let cut = followers[0];
+        let channel = Channel::from_shared(cluster.nodes[cut].client_url())
+            .expect("valid url")
+            .timeout(Duration::from_secs(15))
+            .connect()
+            .await
+            .expect("connect");
+        let mut on_cut = ClusterClient::new(channel);
+        let list = |linearizable: bool| etcd::MemberListRequest { linearizable };
+        let listed = |response: &etcd::MemberListResponse, id: u64| {
+            response.members.iter().any(|member| member.id == id)
+        };
+
+        cluster.cut_links(cut, &[leader, followers[1]]).await;
+        let mut on_leader = cluster.client(leader).await;
+        let added = on_leader
+            .member_add(
+                ["http://127.0.0.1:9"],
+                Some(MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+            .expect("the majority adds a learner");
+        let learner = added.member().expect("the added member").id();
+
+        let stale = on_cut
+            .member_list(list(false))
+            .await
+            .expect("a serializable list answers from the member's own state")
+            .into_inner();
+        assert!(
+            !listed(&stale, learner),
+            "the cut member has not seen the change"
+        );
+        let refused = on_cut
+            .member_list(list(true))
+            .await
+            .expect_err("no read index without the leader");
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+
+        cluster.cut_links(cut, &[]).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let fresh = loop {
+            match on_cut.member_list(list(true)).await {
+                Ok(response) => break response.into_inner(),
+                Err(status) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "the healed member never answered a linearizable list: {status:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        assert!(
+            listed(&fresh, learner),
+            "the first linearizable answer lists the committed change"
+        );
     })
     .await;
 }

@@ -188,10 +188,16 @@ impl Cluster for ClusterService {
         }))
     }
 
+    /// Serializable by default, as in etcd: the list this member has applied. With
+    /// `linearizable` (etcd 3.5+ clients send it), it first passes the read barrier, so every
+    /// membership change committed before the call is listed.
     async fn member_list(
         &self,
-        _: Request<etcd::MemberListRequest>,
+        request: Request<etcd::MemberListRequest>,
     ) -> Result<Response<etcd::MemberListResponse>, Status> {
+        if request.get_ref().linearizable {
+            self.context.consensus.read_barrier().await?;
+        }
         Ok(Response::new(etcd::MemberListResponse {
             header: Some(self.context.header(self.context.reader.revision())),
             members: Self::members(&self.context),

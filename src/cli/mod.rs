@@ -931,7 +931,8 @@ fn status_rows(
 
 async fn endpoint_status(connection: &ConnectionArgs) -> Result<String, Failure> {
     let client = connect(connection).await?;
-    let members = client.member_list().await?;
+    // Serializable: a diagnosis has to work without a quorum.
+    let members = client.member_list_as(Consistency::Serializable).await?;
     let mut rows = status_rows(&members, client.status_all().await);
     rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.endpoint.cmp(&b.endpoint)));
     let failed = rows.iter().any(|row| row.status.is_none());
@@ -1001,7 +1002,10 @@ async fn endpoint_status(connection: &ConnectionArgs) -> Result<String, Failure>
 async fn endpoint_health(connection: &ConnectionArgs) -> Result<String, Failure> {
     let client = connect(connection).await?;
     // In member-name order, so the output reads the same on every run.
-    let members = client.member_list().await.unwrap_or_default();
+    let members = client
+        .member_list_as(Consistency::Serializable)
+        .await
+        .unwrap_or_default();
     let name_of = |endpoint: &str| {
         members
             .iter()

@@ -359,14 +359,23 @@ impl Client {
         })
     }
 
-    /// The cluster's members, from any member; the endpoint list is updated with them.
+    /// The cluster's members, from any member, read with the client's consistency; the endpoint
+    /// list is updated with them.
     pub async fn member_list(&self) -> Result<Vec<Member>, Error> {
+        self.member_list_as(self.consistency).await
+    }
+
+    /// The cluster's members, from any member. `Linearizable` (and `Session`, which membership
+    /// does not track) lists every change committed before the call and needs a quorum;
+    /// `Serializable` lists what the answering member has applied, and works without a quorum.
+    pub async fn member_list_as(&self, consistency: Consistency) -> Result<Vec<Member>, Error> {
+        let linearizable = consistency != Consistency::Serializable;
         let response = self
             .read_call(
                 "member list",
                 Route::Spread,
                 None,
-                etcd::MemberListRequest::default(),
+                etcd::MemberListRequest { linearizable },
                 Vec::new(),
                 |channel, request| async move {
                     ClusterClient::new(channel)
@@ -604,10 +613,10 @@ impl Client {
         Ok(EndpointStatus::new(url, status))
     }
 
-    /// The status of every member client URL (from a fresh member list; the known endpoints if
-    /// no member answers it), in member order.
+    /// The status of every member client URL (from a fresh serializable member list, so it works
+    /// without a quorum; the known endpoints if no member answers it), in member order.
     pub async fn status_all(&self) -> Vec<(String, Result<EndpointStatus, Error>)> {
-        let urls: Vec<String> = match self.member_list().await {
+        let urls: Vec<String> = match self.member_list_as(Consistency::Serializable).await {
             Ok(members) => members
                 .iter()
                 .flat_map(|m| &m.client_urls)
