@@ -25,6 +25,8 @@
 //!   pending ---> persisting (still read) ---> one sled::Batch, gate not held ---> dropped
 //! range(op) -- read gate -- live map (current revision), or history entries (older revision)
 //!                           from pending, then persisting, then the tree
+//! freeze_dump() -- write gate, briefly -- pending ---> sled; revision, meta, extra copied
+//!   FrozenDump::encode -- no gate -- history <= revision read from the tree (compaction waits)
 //! ```
 //!
 //! # Layout of the tree
@@ -88,6 +90,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::Condvar;
 use std::sync::Mutex;
 use std::sync::RwLock;
 use std::sync::RwLockReadGuard;
@@ -103,6 +106,7 @@ use serde::Serialize;
 
 use super::codec::Crc32c;
 use super::codec::sled_error;
+use crate::codec::Bytes;
 use crate::codec::decode;
 use crate::codec::encode;
 use crate::codec::encode_into;
@@ -130,6 +134,107 @@ pub struct RevisionedDump {
     pub entries: Vec<(Vec<u8>, Vec<u8>)>,
     pub revision: i64,
     pub compact_revision: i64,
+}
+
+/// A [`KeySpace::dump`] frozen at a revision by [`KeySpace::freeze_dump`], encoded later
+/// outside the gate. While it lives, no history entry leaves the tree.
+pub struct FrozenDump {
+    keyspace: Arc<KeySpace>,
+    revision: i64,
+    /// Meta and extra entries, copied at the freeze (every apply rewrites some of them).
+    meta: Vec<(Vec<u8>, Vec<u8>)>,
+    extra: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl FrozenDump {
+    /// The store revision the dump holds.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Visits the dump's entries in tree order: meta, history up to the frozen revision, extra.
+    fn scan(&self, mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>) -> io::Result<()> {
+        for (key, value) in &self.meta {
+            visit(key, value)?;
+        }
+        let history = self
+            .keyspace
+            .tree
+            .range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1]);
+        for entry in history {
+            let (key, value) = entry.map_err(sled_error)?;
+            let (_, mod_revision) = parse_history_key(&key)?;
+            // Applied after the freeze: not part of the dump.
+            if mod_revision <= self.revision {
+                visit(&key, &value)?;
+            }
+        }
+        for (key, value) in &self.extra {
+            visit(key, value)?;
+        }
+        Ok(())
+    }
+
+    /// The dump encoded with [`crate::codec`], the same bytes as `encode(&dump()?)` at the
+    /// freeze, written into one buffer sized up front. Blocking: reads the whole history.
+    pub fn encode(&self) -> io::Result<Vec<u8>> {
+        // The format writes the number of entries first: a counting pass, then the writing one.
+        let (mut count, mut bytes) = (0usize, 0usize);
+        self.scan(|key, value| {
+            count += 1;
+            // A length prefix takes at most 9 bytes.
+            bytes += key.len() + value.len() + 2 * 9;
+            Ok(())
+        })?;
+        struct Entries<'d> {
+            dump: &'d FrozenDump,
+            count: usize,
+        }
+        impl Serialize for Entries<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::Error;
+                use serde::ser::SerializeSeq;
+                let mut seq = serializer.serialize_seq(Some(self.count))?;
+                let mut failed = None;
+                let mut written = 0usize;
+                let scanned = self.dump.scan(|key, value| {
+                    written += 1;
+                    seq.serialize_element(&(Bytes(key), Bytes(value)))
+                        .map_err(|e| {
+                            let error = io::Error::other(e.to_string());
+                            failed = Some(e);
+                            error
+                        })
+                });
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                scanned.map_err(S::Error::custom)?;
+                if written != self.count {
+                    return Err(S::Error::custom(format!(
+                        "the frozen history changed while encoded: {written} entries, {} counted",
+                        self.count
+                    )));
+                }
+                seq.end()
+            }
+        }
+        let mut encoded = Vec::with_capacity(bytes + 9);
+        encode_into(&Entries { dump: self, count }, &mut encoded)?;
+        Ok(encoded)
+    }
+}
+
+impl Drop for FrozenDump {
+    fn drop(&mut self) {
+        let mut readers = self
+            .keyspace
+            .history_readers
+            .lock()
+            .expect("the history readers lock is poisoned");
+        *readers -= 1;
+        self.keyspace.history_released.notify_all();
+    }
 }
 
 /// The caller's raw entries to write with a batch: `(key, Some(value))` inserts, `(key, None)`
@@ -1086,6 +1191,11 @@ pub struct KeySpace {
     gate: RwLock<Memory>,
     /// Held by whoever writes `persisting` to sled: one such write at a time.
     persisting: Mutex<()>,
+    /// How many [`FrozenDump`]s are reading the history from the tree outside the gate. While
+    /// any is, nothing removes a history entry from the tree (a compaction's hand-over to sled
+    /// and `restore` wait on `history_released`); entries only get added, above their revision.
+    history_readers: Mutex<usize>,
+    history_released: Condvar,
     revision: AtomicI64,
     compact_revision: AtomicI64,
     live_key_count: AtomicUsize,
@@ -1113,6 +1223,8 @@ impl KeySpace {
                 ..Memory::default()
             }),
             persisting: Mutex::new(()),
+            history_readers: Mutex::new(0),
+            history_released: Condvar::new(),
             revision: AtomicI64::new(loaded.revision),
             compact_revision: AtomicI64::new(loaded.compact_revision),
             live_key_count: AtomicUsize::new(loaded.live_key_count),
@@ -1283,9 +1395,29 @@ impl KeySpace {
         let Some(writes) = self.start_persisting() else {
             return Ok(());
         };
+        // Only a compaction removes history entries; a frozen dump reading the tree must not
+        // lose them under it (the writes stay readable in `persisting` meanwhile).
+        let removes_history = writes
+            .iter()
+            .any(|(key, value)| value.is_none() && key.first() == Some(&HISTORY_PREFIX));
+        if removes_history {
+            self.wait_for_no_history_readers();
+        }
         let written = self.write_to_tree(&writes);
         self.finish_persisting(&writes, written.is_ok());
         written
+    }
+
+    /// Blocks until no [`FrozenDump`] reads the history from the tree.
+    fn wait_for_no_history_readers(&self) {
+        let readers = self
+            .history_readers
+            .lock()
+            .expect("the history readers lock is poisoned");
+        let _none = self
+            .history_released
+            .wait_while(readers, |readers| *readers > 0)
+            .expect("the history readers lock is poisoned");
     }
 
     /// Moves the pending writes to `persisting`, where readers still find them; `None` when
@@ -1423,56 +1555,52 @@ impl KeySpace {
         })
     }
 
-    /// [`KeySpace::dump`] encoded with [`crate::codec`], the same bytes as `encode(&dump()?)`,
-    /// written straight from the tree into one buffer sized up front: a snapshot never holds a
-    /// second copy of every entry.
-    pub fn encode_dump(&self) -> io::Result<Vec<u8>> {
-        let memory = self.read_gate();
+    /// Freezes what [`KeySpace::dump`] would return now, to be encoded later by
+    /// [`FrozenDump::encode`] without holding the gate: applies and reads go on meanwhile.
+    ///
+    /// Every applied write is handed to sled first (under the gate, so none is applied in
+    /// between); the meta and extra entries, few and rewritten by every apply, are copied; the
+    /// history is read from the tree later, up to the frozen revision. History entries are only
+    /// ever added above the current revision, except by a compaction or a restore, and those wait
+    /// for the dump to be dropped. Call it where the dump must sit in the log (the state machine
+    /// task, between applies).
+    pub fn freeze_dump(self: &Arc<Self>) -> io::Result<FrozenDump> {
+        let _one_at_a_time = self
+            .persisting
+            .lock()
+            .expect("the key space persist lock is poisoned");
+        // `persisting` is empty: its writer holds the lock taken above. The pending writes go to
+        // sled under the gate, so no apply comes between them and the frozen revision.
+        let mut memory = self.write_gate();
+        if !memory.pending.is_empty() {
+            self.write_to_tree(&memory.pending)?;
+            memory.pending.clear();
+            memory.pending_since = None;
+        }
+        let revision = self.revision();
         let no_writes = Overlay::new();
         let view = self.view(&memory, &no_writes);
-        // The format writes the number of entries first; the gate keeps both passes equal.
-        let (mut count, mut bytes) = (0usize, 0usize);
-        view.scan_dump(|key, value| {
-            count += 1;
-            // A length prefix takes at most 9 bytes.
-            bytes += key.len() + value.len() + 2 * 9;
+        let mut meta = Vec::new();
+        view.scan(&[META_PREFIX], &[LIVE_PREFIX], |key, value| {
+            meta.push((key.to_vec(), value.to_vec()));
             Ok(())
         })?;
-        struct Entries<'v> {
-            view: &'v View<'v>,
-            count: usize,
-        }
-        impl Serialize for Entries<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                use serde::ser::Error;
-                use serde::ser::SerializeSeq;
-                let mut seq = serializer.serialize_seq(Some(self.count))?;
-                let mut failed = None;
-                let mut written = 0usize;
-                let scanned = self.view.scan_dump(|key, value| {
-                    written += 1;
-                    seq.serialize_element(&(key, value)).map_err(|e| {
-                        let error = io::Error::other(e.to_string());
-                        failed = Some(e);
-                        error
-                    })
-                });
-                if let Some(e) = failed {
-                    return Err(e);
-                }
-                scanned.map_err(S::Error::custom)?;
-                if written != self.count {
-                    return Err(S::Error::custom(format!(
-                        "the key space changed while encoded: {written} entries, {} counted",
-                        self.count
-                    )));
-                }
-                seq.end()
-            }
-        }
-        let mut encoded = Vec::with_capacity(bytes + 9);
-        encode_into(&Entries { view: &view, count }, &mut encoded)?;
-        Ok(encoded)
+        let mut extra = Vec::new();
+        view.scan(&[EXTRA_PREFIX], &[EXTRA_PREFIX + 1], |key, value| {
+            extra.push((key.to_vec(), value.to_vec()));
+            Ok(())
+        })?;
+        *self
+            .history_readers
+            .lock()
+            .expect("the history readers lock is poisoned") += 1;
+        drop(memory);
+        Ok(FrozenDump {
+            keyspace: self.clone(),
+            revision,
+            meta,
+            extra,
+        })
     }
 
     fn view<'a>(&'a self, memory: &'a Memory, overlay: &'a Overlay) -> View<'a> {
@@ -1494,6 +1622,7 @@ impl KeySpace {
             .persisting
             .lock()
             .expect("the key space persist lock is poisoned");
+        self.wait_for_no_history_readers();
         let mut memory = self.write_gate();
         let mut batch = sled::Batch::default();
         for key in self.tree.iter().keys() {
@@ -2769,14 +2898,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn encode_dump_gives_the_bytes_of_the_encoded_dump_with_writes_in_memory_or_in_sled() {
-        let keyspace = open_temporary();
+    fn a_frozen_dump_encodes_the_dump_at_the_freeze_with_writes_in_memory_or_in_sled() {
+        let keyspace = Arc::new(open_temporary());
         let same_bytes = |stage: &str| {
-            assert_eq!(
-                keyspace.encode_dump().expect("encode_dump"),
-                encode(&keyspace.dump().expect("dump")).expect("encode"),
-                "{stage}"
-            );
+            let expected = encode(&keyspace.dump().expect("dump")).expect("encode");
+            let frozen = keyspace.freeze_dump().expect("freeze");
+            assert_eq!(frozen.revision(), keyspace.revision(), "{stage}");
+            assert_eq!(frozen.encode().expect("encode"), expected, "{stage}");
         };
         same_bytes("empty");
         for (index, key) in awkward_keys().iter().enumerate() {
@@ -2786,19 +2914,68 @@ pub(crate) mod tests {
         run(&keyspace, delete(b"a", b"b"));
         write_extra(&keyspace, b'x', b"extra");
         same_bytes("some writes pending");
-        let writes = keyspace.start_persisting().expect("pending writes");
-        run(&keyspace, put(b"a", b"over persisting"));
-        same_bytes("persisting and pending");
-        keyspace.write_to_tree(&writes).expect("write");
-        keyspace.finish_persisting(&writes, true);
         keyspace.persist().expect("persist");
         same_bytes("all in sled");
         // And a snapshot of it restores.
         let target = open_temporary();
+        let frozen = keyspace.freeze_dump().expect("freeze");
         let entries: Vec<(Vec<u8>, Vec<u8>)> =
-            decode(&keyspace.encode_dump().expect("encode_dump")).expect("decode");
+            decode(&frozen.encode().expect("encode")).expect("decode");
+        drop(frozen);
         target.restore(entries).expect("restore");
         assert_eq!(every_read(&target), every_read(&keyspace));
+    }
+
+    #[test]
+    fn a_frozen_dump_ignores_later_writes_and_holds_back_a_compaction_until_dropped() {
+        let keyspace = Arc::new(open_temporary());
+        for round in 0..3u8 {
+            for key in [b"a".as_slice(), b"b", b"c"] {
+                run(&keyspace, put(key, &[round; 100]));
+            }
+        }
+        keyspace.persist().expect("persist");
+        run(&keyspace, put(b"d", b"pending at the freeze"));
+        write_extra(&keyspace, b'x', b"at the freeze");
+        let expected = encode(&keyspace.dump().expect("dump")).expect("encode");
+        let frozen = keyspace.freeze_dump().expect("freeze");
+
+        // Applied and handed to sled after the freeze: new history, changed meta and extras.
+        run(&keyspace, put(b"a", b"after"));
+        run(&keyspace, delete(b"b", b""));
+        write_extra(&keyspace, b'x', b"after the freeze");
+        keyspace.persist().expect("persist");
+        // A compaction removes old history from the tree: its hand-over waits for the dump.
+        let compaction = {
+            let keyspace = keyspace.clone();
+            std::thread::spawn(move || {
+                let revision = keyspace.revision();
+                run(&keyspace, Command::Compact { revision });
+                keyspace.persist().expect("persist the compaction");
+            })
+        };
+        while keyspace.compact_revision() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Time for the hand-over to reach sled, if it did not wait.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !compaction.is_finished(),
+            "the compaction waits for the dump"
+        );
+        assert_eq!(frozen.encode().expect("encode"), expected);
+        drop(frozen);
+        compaction
+            .join()
+            .expect("the compaction finishes once the dump is dropped");
+        let history = keyspace
+            .dump()
+            .expect("dump")
+            .into_iter()
+            .filter(|(key, _)| key[0] == HISTORY_PREFIX)
+            .count();
+        // a, c, d at their newest version; b's deletion removed it entirely.
+        assert_eq!(history, 3, "the compaction reached sled");
     }
 
     #[test]

@@ -8,7 +8,6 @@
 //! Must never: publish a partly written file; replace a snapshot with an older one.
 
 use std::io;
-use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,8 +20,9 @@ use openraft::alias::SnapshotMetaOf;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::codec::Bytes;
 use crate::codec::decode;
-use crate::codec::encode;
+use crate::codec::encode_to_writer;
 use crate::types::TypeConfig;
 
 const CURRENT: &str = "current.snap";
@@ -32,6 +32,22 @@ const CURRENT: &str = "current.snap";
 pub(crate) struct SnapshotFile {
     pub(crate) meta: SnapshotMetaOf<TypeConfig>,
     pub(crate) data: Vec<u8>,
+}
+
+impl SnapshotFile {
+    /// Encodes exactly as the file itself, with the data written at once.
+    fn borrowed(&self) -> SnapshotFileRef<'_> {
+        SnapshotFileRef {
+            meta: &self.meta,
+            data: Bytes(&self.data),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SnapshotFileRef<'a> {
+    meta: &'a SnapshotMetaOf<TypeConfig>,
+    data: Bytes<'a>,
 }
 
 /// Handle to the snapshot folder; clones share the lock.
@@ -64,13 +80,13 @@ impl SnapshotFiles {
     /// Makes `file` the current snapshot unless the current one already covers as much of the
     /// log. Blocking: call from a blocking task. Returns whether it replaced the current file.
     pub(crate) fn save(&self, file: &SnapshotFile) -> io::Result<bool> {
-        let bytes = encode(file)?;
         let sequence = self.temporary_sequence.fetch_add(1, Ordering::Relaxed);
         let temporary = self.dir.join(format!("{CURRENT}.{sequence}.tmp"));
         {
-            let mut out = std::fs::File::create(&temporary)?;
-            out.write_all(&bytes)?;
-            out.sync_all()?;
+            // Written straight to the file: the data is not copied into a second buffer.
+            let mut out = io::BufWriter::new(std::fs::File::create(&temporary)?);
+            encode_to_writer(&file.borrowed(), &mut out)?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         let mut current = self.current.lock().expect("snapshot file lock");
         if *current >= file.meta.last_log_id && current.is_some() {
@@ -95,5 +111,37 @@ fn read(dir: &Path) -> io::Result<Option<SnapshotFile>> {
         Ok(bytes) => Ok(Some(decode(&bytes)?)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::StoredMembership;
+    use openraft::vote::RaftLeaderId;
+
+    use super::*;
+    use crate::codec::encode;
+
+    #[test]
+    fn a_saved_file_holds_the_encoded_snapshot_and_loads_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let snapshots = SnapshotFiles::open(dir.path().to_path_buf()).expect("open");
+        let file = SnapshotFile {
+            meta: SnapshotMetaOf::<TypeConfig> {
+                last_log_id: Some(LogIdOf::<TypeConfig>::new(
+                    openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(2, 1),
+                    7,
+                )),
+                last_membership: StoredMembership::default(),
+            },
+            data: (0..100_000u32).map(|i| (i % 253) as u8).collect(),
+        };
+        assert!(snapshots.save(&file).expect("save"));
+        assert_eq!(
+            std::fs::read(dir.path().join(CURRENT)).expect("read"),
+            encode(&file).expect("encode")
+        );
+        let loaded = snapshots.load().expect("load").expect("a snapshot");
+        assert_eq!((loaded.meta, loaded.data), (file.meta, file.data));
     }
 }

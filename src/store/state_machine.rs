@@ -5,9 +5,11 @@
 //!                   --apply--> KeySpace::apply_with (data + last_applied + membership + client
 //!                              sessions, one batch)
 //!                                   |
-//! try_create_snapshot_builder: KeySpace::persist, then KeySpace::encode_dump (consistent: runs
-//!                                   |          in the state machine task, so no apply interleaves)
-//! build_snapshot (concurrent with apply): flush the db, write snapshots/current.snap
+//! try_create_snapshot_builder: KeySpace::freeze_dump (in the state machine task, so no apply
+//!                                   |          interleaves: applied writes to sled, meta copied)
+//! build_snapshot (concurrent with apply): flush the db, encode the frozen dump (history read
+//!                                          from sled up to the frozen revision), write
+//!                                          snapshots/current.snap
 //! install_snapshot: keep the file as the current snapshot, then KeySpace::restore (one batch)
 //! ```
 //!
@@ -38,6 +40,7 @@ use super::client_sessions::BatchRecord;
 use super::client_sessions::ClientSessions;
 use super::codec::sled_error;
 use super::mvcc::EXTRA_PREFIX;
+use super::mvcc::FrozenDump;
 use super::mvcc::KeySpace;
 use super::snapshot_file::SnapshotFile;
 use super::snapshot_file::SnapshotFiles;
@@ -125,33 +128,40 @@ enum Answer {
     Alarms(Vec<(crate::types::NodeId, crate::types::AlarmKind)>),
 }
 
-/// Takes the encoded key-space copy when created (inside the state machine task) and does the slow
-/// part, flushing and writing the file, in `build_snapshot`, concurrently with apply.
+/// Freezes the key space when created (inside the state machine task, between applies) and does
+/// the slow part, flushing, encoding and writing the file, in `build_snapshot`, concurrently with
+/// apply and reads.
 pub struct SnapshotBuilder {
     db: sled::Db,
     metrics: StoreMetrics,
     snapshots: SnapshotFiles,
     meta: SnapshotMetaOf<TypeConfig>,
-    /// The key space, encoded as a dump.
-    data: Vec<u8>,
+    /// The key space at `meta.last_log_id`, to be encoded; taken by `build_snapshot`.
+    dump: Option<FrozenDump>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Vec<u8>>> {
-        let data = std::mem::take(&mut self.data);
+        let dump = self
+            .dump
+            .take()
+            .ok_or_else(|| io::Error::other("a snapshot builder builds once"))?;
         // The key space must hold at least this state durably before openraft purges the log
         // behind the snapshot; the flush covers every tree of the db.
         self.db.flush_async().await.map_err(sled_error)?;
-        let file = SnapshotFile {
-            meta: self.meta.clone(),
-            data,
-        };
+        let meta = self.meta.clone();
         let snapshots = self.snapshots.clone();
-        let file = tokio::task::spawn_blocking(move || snapshots.save(&file).map(|_| file))
-            .await
-            .map_err(io::Error::other)??;
+        let file = tokio::task::spawn_blocking(move || {
+            let data = dump.encode()?;
+            // Compactions may remove history again.
+            drop(dump);
+            let file = SnapshotFile { meta, data };
+            snapshots.save(&file).map(|_| file)
+        })
+        .await
+        .map_err(io::Error::other)??;
         tracing::info!(last_log_id = ?file.meta.last_log_id, bytes = file.data.len(), "built snapshot");
         self.metrics.snapshots_built.inc();
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
@@ -304,15 +314,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (last_log_id, last_membership) = self
             .read_applied_state()
             .expect("read applied state for a snapshot");
-        // The db flush in build_snapshot must cover every write up to this point of the log.
-        self.keyspace
-            .persist()
-            .expect("hand the key space's applied writes to sled for a snapshot");
-        // Encoded here, not copied and encoded later: a snapshot holds one copy of the key space.
-        let data = self
+        // Every applied write goes to sled here, which the db flush in build_snapshot makes
+        // durable; the history is read from sled there, outside this task.
+        let dump = self
             .keyspace
-            .encode_dump()
-            .expect("copy the key space for a snapshot");
+            .freeze_dump()
+            .expect("freeze the key space for a snapshot");
         SnapshotBuilder {
             db: self.db.clone(),
             metrics: self.metrics.clone(),
@@ -321,7 +328,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last_log_id,
                 last_membership,
             },
-            data,
+            dump: Some(dump),
         }
     }
 
