@@ -35,6 +35,54 @@ impl Serialize for Bytes<'_> {
     }
 }
 
+/// `#[serde(with = "crate::codec::bytes")]` on a `Vec<u8>` field: encoded exactly as the plain
+/// `Vec<u8>` is (in bincode, a length and then the bytes; in JSON, an array of numbers), so data
+/// written before stays readable, but written and read in one piece instead of one serde call per
+/// byte. Keys and values of every log entry and stored version pass through here.
+pub mod bytes {
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::Serializer;
+    use serde::de::SeqAccess;
+    use serde::de::Visitor;
+
+    pub fn serialize<S: Serializer>(value: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_byte_buf(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+            formatter.write_str("bytes")
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, value: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(value.to_vec())
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, value: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(value)
+        }
+
+        /// Formats without a bytes type (JSON) hand over a sequence of numbers.
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+            while let Some(byte) = seq.next_element::<u8>()? {
+                bytes.push(byte);
+            }
+            Ok(bytes)
+        }
+    }
+}
+
 /// Decodes a whole buffer: trailing bytes mean corruption or a format mismatch, never ignored.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     let (value, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
@@ -53,7 +101,54 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize;
+
     use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Plain {
+        key: Vec<u8>,
+        revision: i64,
+        value: Vec<u8>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct InOnePiece {
+        #[serde(with = "bytes")]
+        key: Vec<u8>,
+        revision: i64,
+        #[serde(with = "bytes")]
+        value: Vec<u8>,
+    }
+
+    /// Log entries, snapshots and stored versions written with plain `Vec<u8>` fields must stay
+    /// readable, and the other way round.
+    #[test]
+    fn bytes_fields_encode_and_decode_as_plain_vec_fields_do() {
+        for length in [0usize, 1, 250, 251, 300, 70_000] {
+            let key: Vec<u8> = (0..length).map(|i| (i % 251) as u8).collect();
+            let value: Vec<u8> = key.iter().rev().copied().collect();
+            let plain = Plain {
+                key: key.clone(),
+                revision: -5,
+                value: value.clone(),
+            };
+            let fast = InOnePiece {
+                key,
+                revision: -5,
+                value,
+            };
+            let plain_bytes = encode(&plain).expect("encode");
+            assert_eq!(encode(&fast).expect("encode"), plain_bytes, "{length}");
+            assert_eq!(decode::<InOnePiece>(&plain_bytes).expect("decode"), fast);
+            let json = serde_json::to_string(&plain).expect("json");
+            assert_eq!(serde_json::to_string(&fast).expect("json"), json);
+            assert_eq!(
+                serde_json::from_str::<InOnePiece>(&json).expect("from json"),
+                fast
+            );
+        }
+    }
 
     #[test]
     fn bytes_encode_as_a_vec_of_bytes_does() {

@@ -49,10 +49,12 @@ impl fmt::Display for Member {
 /// One stored version of a key, as etcd's `mvccpb.KeyValue`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "crate::codec::bytes")]
     pub key: Vec<u8>,
     pub create_revision: i64,
     pub mod_revision: i64,
     pub version: i64,
+    #[serde(with = "crate::codec::bytes")]
     pub value: Vec<u8>,
     pub lease: i64,
 }
@@ -80,7 +82,9 @@ pub enum SortTarget {
 /// A read of a key or a key range, etcd's `RangeRequest` minus `serializable` (a routing concern).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeOp {
+    #[serde(with = "crate::codec::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::codec::bytes")]
     pub range_end: Vec<u8>,
     pub limit: i64,
     pub revision: i64,
@@ -97,7 +101,9 @@ pub struct RangeOp {
 /// etcd's `PutRequest`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutOp {
+    #[serde(with = "crate::codec::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::codec::bytes")]
     pub value: Vec<u8>,
     pub lease: i64,
     pub prev_kv: bool,
@@ -108,7 +114,9 @@ pub struct PutOp {
 /// etcd's `DeleteRangeRequest`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteOp {
+    #[serde(with = "crate::codec::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::codec::bytes")]
     pub range_end: Vec<u8>,
     pub prev_kv: bool,
 }
@@ -129,7 +137,7 @@ pub enum CompareTarget {
     Version(i64),
     Create(i64),
     Mod(i64),
-    Value(Vec<u8>),
+    Value(#[serde(with = "crate::codec::bytes")] Vec<u8>),
     Lease(i64),
 }
 
@@ -138,7 +146,9 @@ pub enum CompareTarget {
 pub struct Compare {
     pub result: CompareResult,
     pub target: CompareTarget,
+    #[serde(with = "crate::codec::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::codec::bytes")]
     pub range_end: Vec<u8>,
 }
 

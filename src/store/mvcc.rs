@@ -273,6 +273,7 @@ struct StoredValue {
     mod_revision: i64,
     version: i64,
     lease: i64,
+    #[serde(with = "crate::codec::bytes")]
     value: Vec<u8>,
 }
 
