@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use openraft::ChangeMembers;
 use openraft::SnapshotPolicy;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::InitializeError;
@@ -121,6 +120,10 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
         snapshot_max_chunk_size: limits::SNAPSHOT_CHUNK_BYTES as u64,
         // A node cut off and rejoining must not depose a healthy leader.
         enable_pre_vote: Some(true),
+        // Replication to a peer that refused the connection retries after 20 ms, doubling up to
+        // 500 ms (openraft's default starts at 200 ms and reaches 1 s): a member that starts or
+        // restarts a moment after the leader gets its log within tens of milliseconds, not 0.5 s.
+        backoff: "20ms 40ms ...500ms".to_string(),
         ..Default::default()
     }
     .validate()
@@ -154,6 +157,7 @@ impl Node {
         .map_err(|e| NodeError::RaftStart(e.to_string()))?;
 
         // Before the peer listener opens: no other member's vote can reach this node first.
+        let mut bootstrap_later = None;
         if config.cluster_state == ClusterState::New {
             let initialized = raft
                 .is_initialized()
@@ -162,17 +166,16 @@ impl Node {
             if initialized {
                 tracing::info!("Raft state found on disk: rejoining, not initializing");
             } else {
-                refuse_if_bootstrapped_before(&config, &peers).await?;
-                // Every member initializes with the same membership (client URLs are published
-                // later), so the first log entry is identical wherever it is written.
+                let started_elsewhere = refuse_if_bootstrapped_before(&config, &peers).await?;
+                // One member starts the cluster, the others wait for its election to reach
+                // them (see `bootstrap_unless_contacted`); so does the first member when a peer
+                // already holds the cluster (it starts late).
                 let members: BTreeMap<NodeId, Member> = config.initial_cluster.clone();
-                tracing::info!(members = members.len(), "initializing a new cluster");
-                match raft.initialize(members).await {
-                    Ok(()) => {}
-                    Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
-                        tracing::info!(reason = %e, "already initialized; rejoining");
-                    }
-                    Err(e) => return Err(NodeError::Initialize(e.to_string())),
+                if members.keys().next() == Some(&config.id) && !started_elsewhere {
+                    tracing::info!(members = members.len(), "initializing a new cluster");
+                    initialize(&raft, members).await?;
+                } else {
+                    bootstrap_later = Some(members);
                 }
             }
         }
@@ -197,6 +200,18 @@ impl Node {
                 tracing::error!(error = %e, "peer service stopped");
             }
         }));
+        if let Some(members) = bootstrap_later {
+            servers.push(tokio::spawn(bootstrap_unless_contacted(
+                raft.clone(),
+                config.id,
+                peers.clone(),
+                members,
+                Duration::from_millis(
+                    BOOTSTRAP_WAIT_ELECTION_TIMEOUTS * config.election_timeout_ms,
+                ),
+                stopped.clone(),
+            )));
+        }
 
         let context = ApiContext {
             consensus: Consensus::new(config.id, raft.clone(), peers.clone()),
@@ -312,6 +327,82 @@ impl Node {
     }
 }
 
+/// Writes the first membership entry of a new cluster and campaigns; `NotAllowed` means another
+/// member's election reached this node first, which is as good.
+async fn initialize(raft: &Raft, members: BTreeMap<NodeId, Member>) -> Result<(), NodeError> {
+    match raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+            tracing::info!(reason = %e, "already initialized; rejoining");
+            Ok(())
+        }
+        Err(e) => Err(NodeError::Initialize(e.to_string())),
+    }
+}
+
+/// How many election timeouts a member of a new cluster waits for the first member (the
+/// smallest id) to start the cluster before starting it itself.
+const BOOTSTRAP_WAIT_ELECTION_TIMEOUTS: u64 = 3;
+
+/// A new cluster is started by one member, the one with the smallest id; the others wait, serving,
+/// until its election or its leader's log reaches them. Before, every member initialized and
+/// campaigned at once, each with its own first entry (its id is in the log id), so only the
+/// largest id could win; a member starting a moment late campaigned in the leader's term with a
+/// greater vote and refused that leader's log for a whole election timeout (a member lagging
+/// for seconds after start, and starts taking 1-3 s).
+///
+/// Once `wait` passes without contact, it asks the peers: if one holds a cluster with this
+/// member in it, it keeps waiting for it; if none does (the first member is down), it starts the
+/// cluster itself, as every member used to.
+async fn bootstrap_unless_contacted(
+    raft: Raft,
+    id: NodeId,
+    peers: Peers,
+    members: BTreeMap<NodeId, Member>,
+    wait: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut changes = raft.metrics();
+    let mut deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match raft.is_initialized().await {
+            Ok(false) => {}
+            Ok(true) | Err(_) => return,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let asked = members
+                .iter()
+                .filter(|(member_id, _)| **member_id != id)
+                .map(|(member_id, member)| ask_members(&peers, *member_id, member));
+            let started_elsewhere = futures::future::join_all(asked)
+                .await
+                .into_iter()
+                .flatten()
+                .any(|reply| reply.initialized && reply.members.contains_key(&id));
+            if !started_elsewhere {
+                tracing::info!(
+                    waited_ms = wait.as_millis() as u64,
+                    "no member has started the cluster: initializing it here"
+                );
+                if let Err(e) = initialize(&raft, members).await {
+                    tracing::error!(error = %e, "cannot initialize the cluster");
+                }
+                return;
+            }
+            deadline = tokio::time::Instant::now() + wait;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
 /// How long the start-up check waits for each peer's answer; an unreachable peer is skipped.
 const BOOTSTRAP_PROBE_TIMEOUT_MS: u64 = 1000;
 
@@ -333,10 +424,12 @@ async fn ask_members(peers: &Peers, id: NodeId, member: &Member) -> Option<netwo
 /// know it with a published client URL lost its data directory. Initializing it again would give
 /// it a blank vote and log, and with one other member it could form a quorum that forgets
 /// acknowledged writes. Peers that do not answer are skipped (at first start they may be down).
+/// Returns whether a peer already holds the cluster with this member in it.
 async fn refuse_if_bootstrapped_before(
     config: &NodeConfig,
     peers: &Peers,
-) -> Result<(), NodeError> {
+) -> Result<bool, NodeError> {
+    let mut started_elsewhere = false;
     for (id, member) in config
         .initial_cluster
         .iter()
@@ -345,6 +438,7 @@ async fn refuse_if_bootstrapped_before(
         let Some(reply) = ask_members(peers, *id, member).await else {
             continue;
         };
+        started_elsewhere |= reply.initialized && reply.members.contains_key(&config.id);
         if let Some(known) = reply
             .members
             .get(&config.id)
@@ -358,7 +452,7 @@ async fn refuse_if_bootstrapped_before(
             });
         }
     }
-    Ok(())
+    Ok(started_elsewhere)
 }
 
 /// How long a joining node keeps asking its peers for the member with its peer URL (it may be
@@ -465,7 +559,8 @@ async fn wait_for_stop(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-/// Pause between attempts to publish this member's URLs.
+/// Longest pause between attempts to publish this member's URLs; a leader appearing, or the
+/// membership taking the URLs, ends the pause at once.
 const PUBLISH_RETRY_MS: u64 = 500;
 
 /// Makes the membership carry this member's current name and URLs (etcd's "publish"): the
@@ -476,6 +571,7 @@ async fn publish_member(
     consensus: Consensus,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let mut changes = consensus.raft.metrics();
     loop {
         let published = {
             let metrics = consensus.raft.metrics();
@@ -486,11 +582,13 @@ async fn publish_member(
             tracing::info!(client_url = %member.client_url, "member attributes published");
             return;
         }
-        match consensus.leader() {
-            Some((leader, _)) if leader == id && consensus.membership_change_in_flight() => {}
+        let leader = consensus.leader();
+        let no_leader = leader.is_none();
+        match leader {
             Some((leader, _)) if leader == id => {
-                let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member.clone())]));
-                if let Err(e) = consensus.raft.change_membership(change, true).await {
+                if let Err(e) =
+                    network::publish_on_leader(&consensus.raft, id, member.clone()).await
+                {
                     tracing::debug!(error = %e, "publishing member attributes, will retry");
                 }
             }
@@ -510,7 +608,27 @@ async fn publish_member(
             }
             None => {}
         }
-        let pause = tokio::time::sleep(Duration::from_millis(PUBLISH_RETRY_MS));
+        // Without a leader, wait for one; after an attempt, for the membership to carry it.
+        let woken = async {
+            loop {
+                {
+                    let metrics = changes.borrow_watched();
+                    let awaited = if no_leader {
+                        metrics.current_leader.is_some()
+                    } else {
+                        metrics.membership_config.get_node(&id) == Some(&member)
+                    };
+                    if awaited {
+                        return;
+                    }
+                }
+                if changes.changed().await.is_err() {
+                    // Raft has stopped: only the pause or the stop signal ends the wait.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let pause = tokio::time::timeout(Duration::from_millis(PUBLISH_RETRY_MS), woken);
         tokio::select! {
             _ = pause => {}
             _ = stopped.wait_for(|stop| *stop) => return,

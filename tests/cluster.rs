@@ -999,3 +999,75 @@ async fn a_member_whose_data_was_lost_refuses_to_bootstrap_again() {
         .expect("the other two keep serving");
     assert_eq!(read.kvs()[0].value(), b"yes");
 }
+
+/// A new cluster is started by one member (the smallest id); the others wait for its election or
+/// its leader's log, even when they start late. So the cluster keeps its first leader and term
+/// when its last member (the largest id) starts a moment after the others, and all three publish
+/// their client URLs. Before, every member initialized and campaigned: the late member's vote
+/// in the leader's term outranked the leader, it refused the leader's log for an election
+/// timeout, and a second election followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_starting_late_joins_the_first_leader_in_the_first_term() {
+    let last = (0..3)
+        .max_by_key(|index| quorumdb::config::derive_node_id(&format!("n{}", index + 1)))
+        .expect("three members");
+    let mut cluster = Cluster::start_without(3, last);
+    let leader = cluster.wait_for_leader().await;
+    cluster.restart(last);
+    for index in 0..3 {
+        cluster.wait_for_published_members(index).await;
+    }
+    for index in 0..3 {
+        let mut client = cluster.client(index).await;
+        let status = client.status().await.expect("status");
+        assert_eq!(
+            (status.raft_term(), status.leader()),
+            (1, cluster.nodes[leader].id),
+            "n{}'s term and leader\n{}",
+            index + 1,
+            cluster.logs()
+        );
+    }
+}
+
+/// Without the member that starts a new cluster (the smallest id), the other two start it
+/// themselves after waiting three election timeouts, and serve; the late member then joins the
+/// cluster they started instead of starting another, and serves what was written without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_forms_without_its_first_member_which_joins_it_later() {
+    let first = (0..3)
+        .min_by_key(|index| quorumdb::config::derive_node_id(&format!("n{}", index + 1)))
+        .expect("three members");
+    let mut cluster = Cluster::start_without(3, first);
+    let leader = cluster.wait_for_leader().await;
+    assert_ne!(leader, first);
+    let mut client = cluster.client(leader).await;
+    client
+        .put("formed", "without the first", None)
+        .await
+        .expect("two of three serve");
+
+    cluster.restart(first);
+    let mut late = cluster.client(first).await;
+    cluster
+        .eventually(SETTLE_WAIT, "the late member serves the write", || {
+            let mut late = late.clone();
+            async move {
+                let read = late.get("formed", None).await.map_err(|e| e.to_string())?;
+                match read.kvs().first() {
+                    Some(kv) if kv.value() == b"without the first" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+    let _ = &mut late;
+    assert!(
+        !cluster.nodes[first]
+            .log()
+            .contains("initializing a new cluster"),
+        "the late member joined instead of starting a cluster\n{}",
+        cluster.nodes[first].log_tail(20)
+    );
+    assert_eq!(cluster.wait_for_leader().await, leader, "no new election");
+}

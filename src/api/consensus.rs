@@ -57,10 +57,9 @@ pub struct Consensus {
 
 /// A peer call failed in a way that proves the request was never delivered.
 fn never_delivered(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable
-        && (status.message().contains("tcp connect error")
-            || status.message().contains("cut by fault injection")
-            || status.message().contains("Connection refused")
+    crate::network::connection_refused(status)
+        || status.code() == tonic::Code::Unavailable
+            && (status.message().contains("cut by fault injection")
             // The peer's name did not resolve (a container that is gone): no connection, so
             // nothing was sent.
             || status.message().contains("dns error"))

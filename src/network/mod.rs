@@ -30,6 +30,14 @@ pub use server::PeerService;
 pub use server::ReadIndexError;
 pub use server::ReadIndexReply;
 pub use server::membership_change_in_flight;
+pub use server::publish_on_leader;
+
+/// A peer call failed to connect: nothing was sent (the peer is not listening, yet or any more).
+pub(crate) fn connection_refused(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && (status.message().contains("tcp connect error")
+            || status.message().contains("Connection refused"))
+}
 
 /// gRPC metadata key carrying the sending node's id on every peer call.
 pub const FROM_NODE_METADATA: &str = "x-quorumdb-from";

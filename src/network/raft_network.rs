@@ -100,6 +100,9 @@ fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
+/// Pause between attempts to deliver a vote request to a peer that refused the connection.
+const VOTE_REDELIVERY_PAUSE: Duration = Duration::from_millis(20);
+
 impl PeerConnection {
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
@@ -112,12 +115,37 @@ impl PeerConnection {
             .client(self.target, &self.peer_url)
             .map_err(unreachable)?;
         let payload = encode(message).map_err(network_error)?;
-        let request = self.peers.request(RaftMessage { payload }, timeout);
-        let response = match rpc {
-            Rpc::Append => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::PreVote => client.pre_vote(request).await,
-            Rpc::TransferLeader => client.transfer_leader(request).await,
+        // A (pre-)vote request is delivered again while the peer refuses connections, within
+        // the RPC's time: when a new cluster starts, the first candidate often asks before its
+        // peers listen, and openraft would otherwise wait a whole election timeout (seconds) for
+        // a second round. Harmless to repeat: nothing was delivered, and a late answer to an
+        // older round is ignored.
+        let redeliver_until =
+            matches!(rpc, Rpc::Vote | Rpc::PreVote).then(|| tokio::time::Instant::now() + timeout);
+        let response = loop {
+            let request = self.peers.request(
+                RaftMessage {
+                    payload: payload.clone(),
+                },
+                timeout,
+            );
+            let response = match rpc {
+                Rpc::Append => client.append_entries(request).await,
+                Rpc::Vote => client.vote(request).await,
+                Rpc::PreVote => client.pre_vote(request).await,
+                Rpc::TransferLeader => client.transfer_leader(request).await,
+            };
+            match response {
+                Err(status)
+                    if crate::network::connection_refused(&status)
+                        && redeliver_until.is_some_and(|until| {
+                            tokio::time::Instant::now() + VOTE_REDELIVERY_PAUSE < until
+                        }) =>
+                {
+                    tokio::time::sleep(VOTE_REDELIVERY_PAUSE).await;
+                }
+                response => break response,
+            }
         }
         .map_err(status_error)?;
         decode(&response.into_inner().payload).map_err(network_error)

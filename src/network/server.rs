@@ -12,6 +12,7 @@ use openraft::alias::SnapshotMetaOf;
 use openraft::alias::SnapshotOf;
 use openraft::alias::VoteOf;
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::ChangeMembershipError;
 use openraft::errors::ClientWriteError;
 use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
@@ -79,12 +80,52 @@ pub struct MembersReply {
     pub cluster_id: u64,
 }
 
+/// Puts member `id`'s current name and URLs in the membership (etcd's "publish"), on the leader.
+/// Members that start together publish together, and openraft takes one membership change at a
+/// time: a publish waits (up to [`PUBLISH_QUEUE_WAIT`]) for the change in flight instead of
+/// being refused and retried half a second later.
+pub async fn publish_on_leader(raft: &Raft, id: NodeId, member: Member) -> Result<(), Status> {
+    let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
+    let deadline = tokio::time::Instant::now() + PUBLISH_QUEUE_WAIT;
+    let mut changes = raft.metrics();
+    loop {
+        if !raft.is_leader() {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if !membership_change_in_flight(raft) {
+            match raft.change_membership(change.clone(), true).await {
+                Ok(_) => return Ok(()),
+                // Another change got in first: wait for it as well.
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) => {}
+                Err(e) => {
+                    return Err(Status::unavailable(format!("cannot publish member: {e}")));
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(Status::unavailable("a membership change is in flight; retry"));
+            }
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Err(Status::unavailable("raft has stopped"));
+                }
+            }
+        }
+    }
+}
+
 /// Whether a membership change is still uncommitted: openraft refuses another until it commits.
 pub fn membership_change_in_flight(raft: &Raft) -> bool {
     let metrics = raft.metrics();
     let metrics = metrics.borrow_watched();
     metrics.membership_config.log_id() != metrics.committed_membership_config.log_id()
 }
+
+/// How long the leader holds a member's publish while another membership change is in flight.
+const PUBLISH_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct PeerService {
     raft: Raft,
@@ -386,19 +427,7 @@ impl Peer for PeerService {
         self.admit(&request)?;
         let (id, member): (NodeId, Member) =
             decode(&request.into_inner().payload).map_err(bad_payload)?;
-        if !self.raft.is_leader() {
-            return Err(Status::failed_precondition("etcdserver: not leader"));
-        }
-        if membership_change_in_flight(&self.raft) {
-            return Err(Status::unavailable(
-                "a membership change is in flight; retry",
-            ));
-        }
-        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
-        self.raft
-            .change_membership(change, true)
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot publish member: {e}")))?;
+        publish_on_leader(&self.raft, id, member).await?;
         reply(&())
     }
 

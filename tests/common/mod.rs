@@ -193,7 +193,21 @@ impl Cluster {
         Cluster::build(size, extra_args, |_| {})
     }
 
+    /// [`Cluster::start`] with node `absent` prepared but not started (`restart` starts it).
+    pub fn start_without(size: usize, absent: usize) -> Cluster {
+        Cluster::build_spawning(size, &[], |_| {}, |index| index != absent)
+    }
+
     fn build(size: usize, extra_args: &[&str], prepare: impl Fn(&NodeProcess)) -> Cluster {
+        Cluster::build_spawning(size, extra_args, prepare, |_| true)
+    }
+
+    fn build_spawning(
+        size: usize,
+        extra_args: &[&str],
+        prepare: impl Fn(&NodeProcess),
+        spawn: impl Fn(usize) -> bool,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let ports = free_ports(size * 3);
         let initial_cluster = (0..size)
@@ -221,8 +235,10 @@ impl Cluster {
         for node in &nodes {
             prepare(node);
         }
-        for node in &mut nodes {
-            node.spawn();
+        for (index, node) in nodes.iter_mut().enumerate() {
+            if spawn(index) {
+                node.spawn();
+            }
         }
         Cluster { nodes, _dir: dir }
     }
