@@ -1008,9 +1008,7 @@ async fn a_member_whose_data_was_lost_refuses_to_bootstrap_again() {
 /// timeout, and a second election followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_starting_late_joins_the_first_leader_in_the_first_term() {
-    let last = (0..3)
-        .max_by_key(|index| quorumdb::config::derive_node_id(&format!("n{}", index + 1)))
-        .expect("three members");
+    let last = common::indexes_by_member_id(3)[2];
     let mut cluster = Cluster::start_without(3, last);
     let leader = cluster.wait_for_leader().await;
     cluster.restart(last);
@@ -1035,9 +1033,7 @@ async fn a_member_starting_late_joins_the_first_leader_in_the_first_term() {
 /// cluster they started instead of starting another, and serves what was written without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_cluster_forms_without_its_first_member_which_joins_it_later() {
-    let first = (0..3)
-        .min_by_key(|index| quorumdb::config::derive_node_id(&format!("n{}", index + 1)))
-        .expect("three members");
+    let first = common::indexes_by_member_id(3)[0];
     let mut cluster = Cluster::start_without(3, first);
     let leader = cluster.wait_for_leader().await;
     assert_ne!(leader, first);

@@ -24,13 +24,7 @@ use tonic::transport::Channel;
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 
 async fn kv(cluster: &Cluster, index: usize) -> KvClient<Channel> {
-    let channel = Channel::from_shared(cluster.nodes[index].client_url())
-        .expect("valid url")
-        .timeout(Duration::from_secs(15))
-        .connect()
-        .await
-        .expect("connect");
-    KvClient::new(channel)
+    KvClient::new(cluster.channel(index).await)
 }
 
 /// `message` with our exactly-once metadata.

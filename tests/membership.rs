@@ -23,7 +23,6 @@ use etcd_client::MemberAddOptions;
 use quorumdb::pb::etcdserverpb as etcd;
 use quorumdb::pb::etcdserverpb::cluster_client::ClusterClient;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 /// Bound on the background writer, whatever happens.
@@ -447,13 +446,7 @@ async fn a_linearizable_member_list_on_a_cut_off_member_refuses_rather_than_answ
         let leader = cluster.wait_for_leader().await;
         let followers = cluster.followers(leader);
         let cut = followers[0];
-        let channel = Channel::from_shared(cluster.nodes[cut].client_url())
-            .expect("valid url")
-            .timeout(Duration::from_secs(15))
-            .connect()
-            .await
-            .expect("connect");
-        let mut on_cut = ClusterClient::new(channel);
+        let mut on_cut = ClusterClient::new(cluster.channel(cut).await);
         let list = |linearizable: bool| etcd::MemberListRequest { linearizable };
         let listed = |response: &etcd::MemberListResponse, id: u64| {
             response.members.iter().any(|member| member.id == id)

@@ -176,6 +176,14 @@ fn free_ports(count: usize) -> Vec<u16> {
     ports
 }
 
+/// The node indexes of a cluster of `size` (nodes n1..nN) in the order of their member ids: a new
+/// cluster is started by the first.
+pub fn indexes_by_member_id(size: usize) -> Vec<usize> {
+    let mut indexes: Vec<usize> = (0..size).collect();
+    indexes.sort_by_key(|index| derive_node_id(&format!("n{}", index + 1)));
+    indexes
+}
+
 impl Cluster {
     /// Starts `size` nodes named n1..nN that bootstrap one cluster.
     pub fn start(size: usize) -> Cluster {
@@ -273,6 +281,17 @@ impl Cluster {
             child: None,
         });
         self.nodes.len() - 1
+    }
+
+    /// A plain gRPC channel to node `index`'s client URL, for requests the etcd client cannot
+    /// make (our metadata, request fields it does not send).
+    pub async fn channel(&self, index: usize) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.nodes[index].client_url())
+            .expect("valid url")
+            .timeout(Duration::from_secs(15))
+            .connect()
+            .await
+            .expect("connect")
     }
 
     pub fn restart(&mut self, index: usize) {
