@@ -376,9 +376,9 @@ async fn bootstrap_unless_contacted(
                 .map(|(member_id, member)| ask_members(&peers, *member_id, member));
             let started_elsewhere = futures::future::join_all(asked)
                 .await
-                .into_iter()
+                .iter()
                 .flatten()
-                .any(|reply| reply.initialized && reply.members.contains_key(&id));
+                .any(|reply| holds_cluster_with(reply, id));
             if !started_elsewhere {
                 tracing::info!(
                     waited_ms = wait.as_millis() as u64,
@@ -438,7 +438,7 @@ async fn refuse_if_bootstrapped_before(
         let Some(reply) = ask_members(peers, *id, member).await else {
             continue;
         };
-        started_elsewhere |= reply.initialized && reply.members.contains_key(&config.id);
+        started_elsewhere |= holds_cluster_with(&reply, config.id);
         if let Some(known) = reply
             .members
             .get(&config.id)
@@ -453,6 +453,11 @@ async fn refuse_if_bootstrapped_before(
         }
     }
     Ok(started_elsewhere)
+}
+
+/// Whether the peer that sent `reply` holds a cluster with member `id` in it.
+fn holds_cluster_with(reply: &network::MembersReply, id: NodeId) -> bool {
+    reply.initialized && reply.members.contains_key(&id)
 }
 
 /// How long a joining node keeps asking its peers for the member with its peer URL (it may be
@@ -573,11 +578,7 @@ async fn publish_member(
 ) {
     let mut changes = consensus.raft.metrics();
     loop {
-        let published = {
-            let metrics = consensus.raft.metrics();
-            let metrics = metrics.borrow_watched();
-            metrics.membership_config.get_node(&id) == Some(&member)
-        };
+        let published = changes.borrow_watched().membership_config.get_node(&id) == Some(&member);
         if published {
             tracing::info!(client_url = %member.client_url, "member attributes published");
             return;

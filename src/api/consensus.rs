@@ -74,11 +74,6 @@ impl Consensus {
         &self.peers
     }
 
-    /// Whether a membership change is still in flight (uncommitted): openraft refuses another.
-    pub fn membership_change_in_flight(&self) -> bool {
-        crate::network::membership_change_in_flight(&self.raft)
-    }
-
     /// The leader as this node sees it, if it has one and knows its address.
     pub fn leader(&self) -> Option<(NodeId, Member)> {
         let metrics = self.raft.metrics();

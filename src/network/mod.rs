@@ -29,7 +29,6 @@ pub use server::MembersReply;
 pub use server::PeerService;
 pub use server::ReadIndexError;
 pub use server::ReadIndexReply;
-pub use server::membership_change_in_flight;
 pub use server::publish_on_leader;
 
 /// A peer call failed to connect: nothing was sent (the peer is not listening, yet or any more).

@@ -118,7 +118,7 @@ pub async fn publish_on_leader(raft: &Raft, id: NodeId, member: Member) -> Resul
 }
 
 /// Whether a membership change is still uncommitted: openraft refuses another until it commits.
-pub fn membership_change_in_flight(raft: &Raft) -> bool {
+fn membership_change_in_flight(raft: &Raft) -> bool {
     let metrics = raft.metrics();
     let metrics = metrics.borrow_watched();
     metrics.membership_config.log_id() != metrics.committed_membership_config.log_id()
