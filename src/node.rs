@@ -39,6 +39,7 @@ use crate::network;
 use crate::network::Faults;
 use crate::network::LeaderContact;
 use crate::network::Peers;
+use crate::network::membership::MembershipChanges;
 use crate::observe;
 use crate::observe::Observer;
 use crate::observe::metrics::NodeMetrics;
@@ -185,11 +186,16 @@ impl Node {
 
         let peer_listener = bind(&config.listen_peer_url).await?;
         let leader_contact = LeaderContact::default();
-        let peer_service =
-            network::PeerService::new(raft.clone(), faults.clone(), config.enable_fault_injection)
-                .with_leader_contact(leader_contact.clone())
-                .with_cluster_id(config.cluster_id)
-                .into_server();
+        let membership = MembershipChanges::new(raft.clone());
+        let peer_service = network::PeerService::new(
+            raft.clone(),
+            membership.clone(),
+            faults.clone(),
+            config.enable_fault_injection,
+        )
+        .with_leader_contact(leader_contact.clone())
+        .with_cluster_id(config.cluster_id)
+        .into_server();
         let shutdown = wait_for_stop(stopped.clone());
         servers.push(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -214,7 +220,7 @@ impl Node {
         }
 
         let context = ApiContext {
-            consensus: Consensus::new(config.id, raft.clone(), peers.clone()),
+            consensus: Consensus::new(config.id, membership.clone(), peers.clone()),
             reader: store.reader,
             cluster_id: config.cluster_id,
             max_request_bytes: config.max_request_bytes,
@@ -288,7 +294,7 @@ impl Node {
         let publisher = tokio::spawn(publish_member(
             config.id,
             config.member(),
-            Consensus::new(config.id, raft.clone(), peers),
+            Consensus::new(config.id, membership, peers),
             stopped,
         ));
         tracing::info!(
@@ -588,7 +594,7 @@ async fn publish_member(
         match leader {
             Some((leader, _)) if leader == id => {
                 if let Err(e) =
-                    network::publish_on_leader(&consensus.raft, id, member.clone()).await
+                    network::publish_on_leader(consensus.membership(), id, member.clone()).await
                 {
                     tracing::debug!(error = %e, "publishing member attributes, will retry");
                 }

@@ -499,3 +499,79 @@ async fn a_linearizable_member_list_on_a_cut_off_member_refuses_rather_than_answ
     })
     .await;
 }
+
+/// A promotion is two Raft changes (the joint config, then the new one). A membership change
+/// committed between the two (here peer-URL updates, in production the new member publishing its
+/// client URL) made the second step fail as "in progress"; the retry then answered "can only
+/// promote a learner member" for a promotion that had been made, and nothing told the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_racing_other_membership_changes_succeeds_once_and_says_so() {
+    const UPDATERS: usize = 8;
+    const UPDATES_MAX: usize = 400;
+    in_time(async {
+        let mut cluster = Cluster::start(3);
+        let leader = cluster.wait_for_leader().await;
+        let mut on_leader = cluster.client(leader).await;
+        let learner = cluster.add_node();
+        let added = on_leader
+            .member_add(
+                [cluster.nodes[learner].peer_url()],
+                Some(MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+            .expect("member add");
+        let id = added.member().expect("the added member").id();
+        cluster.nodes[learner].id = id;
+        cluster.restart(learner);
+        // Its client URL is listed once it has published (a change the leader made with it
+        // reachable), so it is caught up enough to be promoted.
+        let client_url = cluster.nodes[learner].client_url();
+        cluster
+            .eventually(Duration::from_secs(30), "the learner publishes", || {
+                let mut on_leader = on_leader.clone();
+                let client_url = client_url.clone();
+                async move {
+                    let list = on_leader.member_list().await.map_err(|e| e.to_string())?;
+                    let published = list
+                        .members()
+                        .iter()
+                        .any(|m| m.id() == id && m.client_urls().contains(&client_url));
+                    published.then_some(()).ok_or("not yet".to_string())
+                }
+            })
+            .await;
+
+        // Peer-URL updates of another member to its own URL: each one a membership change.
+        let other = cluster.followers(leader)[0];
+        let (other_id, other_url) = (cluster.nodes[other].id, cluster.nodes[other].peer_url());
+        let promoted = Arc::new(AtomicBool::new(false));
+        let mut updaters = Vec::new();
+        for _ in 0..UPDATERS {
+            let mut client = on_leader.clone();
+            let (promoted, other_url) = (promoted.clone(), other_url.clone());
+            updaters.push(tokio::spawn(async move {
+                let mut made = 0;
+                while !promoted.load(Ordering::SeqCst) && made < UPDATES_MAX / UPDATERS {
+                    client
+                        .member_update(other_id, vec![other_url.clone()])
+                        .await
+                        .expect("a peer-URL update");
+                    made += 1;
+                }
+                made
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let outcome = on_leader.member_promote(id).await;
+        promoted.store(true, Ordering::SeqCst);
+        let mut updates = 0;
+        for updater in updaters {
+            updates += updater.await.expect("updater");
+        }
+        eprintln!("{updates} peer-URL updates ran beside the promotion");
+        outcome.expect("the promotion succeeds and says so");
+        let (voters, learners) = roles(&mut on_leader).await;
+        assert!(voters.contains(&id) && learners.is_empty());
+    })
+    .await;
+}

@@ -35,8 +35,8 @@ use crate::network::Peers;
 use crate::network::ReadIndexError;
 use crate::network::ReadIndexReply;
 use crate::network::membership::MembershipChange;
+use crate::network::membership::MembershipChanges;
 use crate::network::membership::MembershipError;
-use crate::network::membership::change_on_leader;
 use crate::pb::peer::RaftMessage;
 use crate::pb::peer::ReadIndexRequest;
 use crate::types::Command;
@@ -52,6 +52,7 @@ const RETRY_PAUSE_MS: u64 = 50;
 pub struct Consensus {
     pub(crate) id: NodeId,
     pub(crate) raft: Raft,
+    membership: MembershipChanges,
     peers: Peers,
 }
 
@@ -66,8 +67,19 @@ fn never_delivered(status: &tonic::Status) -> bool {
 }
 
 impl Consensus {
-    pub fn new(id: NodeId, raft: Raft, peers: Peers) -> Self {
-        Consensus { id, raft, peers }
+    /// `membership` makes this node's membership changes when it leads; every part of the node
+    /// must share one, so that its changes are made one at a time.
+    pub fn new(id: NodeId, membership: MembershipChanges, peers: Peers) -> Self {
+        Consensus {
+            id,
+            raft: membership.raft().clone(),
+            membership,
+            peers,
+        }
+    }
+
+    pub(crate) fn membership(&self) -> &MembershipChanges {
+        &self.membership
     }
 
     pub(crate) fn peers(&self) -> &Peers {
@@ -177,11 +189,8 @@ impl Consensus {
         loop {
             let (leader, member) = self.wait_for_leader(deadline).await?;
             let outcome = if leader == self.id {
-                match tokio::time::timeout_at(
-                    deadline,
-                    change_on_leader(&self.raft, change.clone()),
-                )
-                .await
+                match tokio::time::timeout_at(deadline, self.membership.change(change.clone()))
+                    .await
                 {
                     Ok(outcome) => outcome,
                     Err(_) => return Err(ApiError::Timeout),
@@ -217,6 +226,10 @@ impl Consensus {
                 Err(MembershipError::NotLearner) => return Err(ApiError::NotLearner),
                 Err(MembershipError::LearnerNotReady) => return Err(ApiError::LearnerNotReady),
                 Err(MembershipError::Raft(reason)) => return Err(ApiError::Internal(reason)),
+                Err(MembershipError::Unknown(reason)) => {
+                    tracing::warn!(%reason, "membership change interrupted after its first step");
+                    return Err(ApiError::LeaderChanged);
+                }
             }
         }
     }

@@ -2,27 +2,34 @@
 //! runs them: on the leader, one at a time, through joint consensus.
 //!
 //! ```text
-//! add (learner) -> add_learner (non-blocking: the leader starts replicating, snapshot then log)
+//! add (learner) -> AddNodes, as openraft's add_learner (the leader starts replicating, snapshot
+//!                  then log)
 //! add (voter)   -> AddVoters (joint config; commits with the old majority, as etcd's add does)
 //! promote       -> refuse unless the learner has acknowledged the leader and is within
 //!                  LEARNER_PROMOTE_LAG_ENTRIES_MAX of its log, then AddVoterIds
 //! remove        -> RemoveVoters / RemoveNodes (not retained as a learner); a removed leader
 //!                  steps down on its own (openraft's removed_leader_step_down)
 //! update        -> SetNodes with the new peer URL (name and client URL kept)
+//! publish       -> SetNodes with the member's own name and URLs
 //! ```
 //!
 //! A follower that receives a change forwards it to the leader over the peer service
-//! (`ChangeMembership`); the leader runs [`change_on_leader`]. Must never: run two changes at
-//! once (openraft refuses, and we answer "retry"); promote a learner that could not vote sensibly
-//! yet (it would slow every commit until it caught up).
+//! (`ChangeMembership`); the leader runs [`MembershipChanges::change`]. Must never: run two
+//! changes at once (a change between the two steps of another splits it); promote a learner that
+//! could not vote sensibly yet (it would slow every commit until it caught up).
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::ChangeMembers;
+use openraft::Precondition;
+use openraft::alias::LogIdOf;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ChangeMembershipError;
 use openraft::errors::ClientWriteError;
+use openraft::errors::PreconditionFailed;
 use openraft::errors::RaftError;
 use serde::Deserialize;
 use serde::Serialize;
@@ -51,6 +58,11 @@ pub enum MembershipChange {
         id: NodeId,
         peer_url: String,
     },
+    /// A member's own name and URLs, as it publishes them at start (etcd's "publish").
+    Publish {
+        id: NodeId,
+        member: Member,
+    },
 }
 
 /// Why a change was not made; every variant means nothing changed.
@@ -71,38 +83,169 @@ pub enum MembershipError {
     InProgress,
     #[error("etcdserver: membership change failed: {0}")]
     Raft(String),
+    /// The first of the change's two steps was written, then the change failed (the leader was
+    /// lost): whether it takes effect is not known here.
+    #[error("etcdserver: leader changed during a membership change; its outcome is unknown: {0}")]
+    Unknown(String),
 }
 
-/// Runs `change` on this node, which must be the leader. Returns once the change is committed
-/// (for a learner add: once the learner is in the committed membership).
-pub async fn change_on_leader(
-    raft: &Raft,
-    change: MembershipChange,
-) -> Result<(), MembershipError> {
-    let (nodes, voters, replication, last_log_index) = {
-        let metrics = raft.metrics();
+/// This node's membership changes as leader, made one at a time.
+///
+/// openraft changes voters in two steps, a joint config and then the new one, and another
+/// change committed between the two makes the second step fail and leaves the cluster in joint
+/// consensus: a promotion racing a member publishing its URLs was answered "can only promote a
+/// learner member" on retry, though it had been made. So every change this node proposes (those
+/// of clients, forwarded ones, publishes) takes its turn here, and each is proposed only while
+/// the membership is still the one it was planned on (openraft's `LastMembershipLogId`
+/// precondition), so a change planned on a stale view is refused whole and retried.
+#[derive(Clone)]
+pub struct MembershipChanges {
+    raft: Raft,
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The leader's membership as a change is planned on it.
+struct LeaderView {
+    /// The log id of the effective membership: the change's precondition.
+    log_id: Option<LogIdOf<TypeConfig>>,
+    joint: bool,
+    nodes: BTreeMap<NodeId, Member>,
+    /// The voters of the last (target) config.
+    voters: BTreeSet<NodeId>,
+    /// Per member, the last log index it acknowledged; `None` if it never acknowledged anything
+    /// (not started, or unreachable).
+    replication: BTreeMap<NodeId, Option<u64>>,
+    last_log_index: u64,
+}
+
+/// How long a successful change waits for this node's metrics to show it, so that the next
+/// change is planned on it (a change planned on a stale view is refused and retried anyway).
+const CHANGE_VISIBLE_WAIT: Duration = Duration::from_secs(1);
+
+impl MembershipChanges {
+    pub fn new(raft: Raft) -> Self {
+        MembershipChanges {
+            raft,
+            one_at_a_time: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Runs `change` on this node, which must be the leader. Returns once the change is
+    /// committed (for a learner add: once the learner is in the committed membership).
+    pub async fn change(&self, change: MembershipChange) -> Result<(), MembershipError> {
+        let _turn = self.one_at_a_time.lock().await;
+        let mut view = self.view()?;
+        if view.joint {
+            // A change whose second step never ran (the leader was lost between the steps, or
+            // its caller gave up) left a joint config: finish it, towards its target, first.
+            tracing::info!("finishing a membership change left in joint consensus");
+            self.propose(ChangeMembers::AddVoterIds(BTreeSet::new()), false, &view)
+                .await?;
+            view = self.view()?;
+        }
+        let (changes, retain) = plan(change, &view)?;
+        self.propose(changes, retain, &view).await
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    fn view(&self) -> Result<LeaderView, MembershipError> {
+        let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        if !raft_is_leader(&m) {
+        if m.state != openraft::ServerState::Leader {
             return Err(MembershipError::NotLeader);
         }
         if m.membership_config.log_id() != m.committed_membership_config.log_id() {
             return Err(MembershipError::InProgress);
         }
         let membership = m.membership_config.membership();
-        let nodes: BTreeMap<NodeId, Member> = membership
-            .nodes()
-            .map(|(id, node)| (*id, node.clone()))
-            .collect();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        // None: the member never acknowledged anything (not started, or unreachable).
-        let replication: BTreeMap<NodeId, Option<u64>> = m
-            .replication
-            .iter()
-            .flatten()
-            .map(|(id, log_id)| (*id, log_id.map(|l| l.index)))
-            .collect();
-        (nodes, voters, replication, m.last_log_index.unwrap_or(0))
-    };
+        Ok(LeaderView {
+            log_id: *m.membership_config.log_id(),
+            joint: membership.get_joint_config().len() > 1,
+            nodes: membership
+                .nodes()
+                .map(|(id, node)| (*id, node.clone()))
+                .collect(),
+            voters: membership
+                .get_joint_config()
+                .last()
+                .cloned()
+                .unwrap_or_default(),
+            replication: m
+                .replication
+                .iter()
+                .flatten()
+                .map(|(id, log_id)| (*id, log_id.map(|l| l.index)))
+                .collect(),
+            last_log_index: m.last_log_index.unwrap_or(0),
+        })
+    }
+
+    /// Proposes `changes` if the membership is still the one `view` saw. A refusal before
+    /// anything was written is `InProgress` (plan again); a failure after the first of two steps
+    /// was written is `Unknown`, never a definite "not done".
+    async fn propose(
+        &self,
+        changes: ChangeMembers<NodeId, Member>,
+        retain: bool,
+        view: &LeaderView,
+    ) -> Result<(), MembershipError> {
+        let planned_on = Precondition::LastMembershipLogId {
+            last_membership_log_id: view.log_id,
+        };
+        match self
+            .raft
+            .change_membership_if(changes, retain, [planned_on])
+            .await
+        {
+            Ok(response) => {
+                let shown = |m: &openraft::RaftMetrics<TypeConfig>| {
+                    m.membership_config.log_id().as_ref() >= Some(&response.log_id)
+                };
+                let _ = self
+                    .raft
+                    .wait(Some(CHANGE_VISIBLE_WAIT))
+                    .metrics(shown, "the membership change shows in the metrics")
+                    .await;
+                Ok(())
+            }
+            Err(RaftError::APIError(ClientWriteError::PreconditionFailed(
+                PreconditionFailed::LastMembershipLogIdMismatch { expected, .. },
+            ))) if expected == view.log_id => Err(MembershipError::InProgress),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) => Err(MembershipError::InProgress),
+            Err(error) => {
+                let now = *self
+                    .raft
+                    .metrics()
+                    .borrow_watched()
+                    .membership_config
+                    .log_id();
+                if now != view.log_id {
+                    Err(MembershipError::Unknown(error.to_string()))
+                } else {
+                    Err(raft_error(error))
+                }
+            }
+        }
+    }
+}
+
+/// The Raft change that makes `change` on `view`, and whether removed voters stay as learners.
+fn plan(
+    change: MembershipChange,
+    view: &LeaderView,
+) -> Result<(ChangeMembers<NodeId, Member>, bool), MembershipError> {
+    let LeaderView {
+        nodes,
+        voters,
+        replication,
+        last_log_index,
+        ..
+    } = view;
     let changes = match change {
         MembershipChange::Add {
             id,
@@ -117,11 +260,11 @@ pub async fn change_on_leader(
                 return Err(MembershipError::PeerUrlExists);
             }
             if learner {
-                return raft
-                    .add_learner(id, member, false)
-                    .await
-                    .map(|_| ())
-                    .map_err(raft_error);
+                // As openraft's `add_learner`: the leader starts replicating to it at once.
+                return Ok((
+                    ChangeMembers::AddNodes(BTreeMap::from([(id, member)])),
+                    true,
+                ));
             }
             ChangeMembers::AddVoters(BTreeMap::from([(id, member)]))
         }
@@ -166,16 +309,15 @@ pub async fn change_on_leader(
             };
             ChangeMembers::SetNodes(BTreeMap::from([(id, updated)]))
         }
+        MembershipChange::Publish { id, member } => {
+            if !nodes.contains_key(&id) {
+                return Err(MembershipError::MemberNotFound);
+            }
+            ChangeMembers::SetNodes(BTreeMap::from([(id, member)]))
+        }
     };
     // `retain = false`: a removed voter leaves the cluster rather than staying as a learner.
-    raft.change_membership(changes, false)
-        .await
-        .map(|_| ())
-        .map_err(raft_error)
-}
-
-fn raft_is_leader(m: &openraft::RaftMetrics<crate::types::TypeConfig>) -> bool {
-    m.state == openraft::ServerState::Leader
+    Ok((changes, false))
 }
 
 fn raft_error(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> MembershipError {

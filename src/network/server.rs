@@ -6,13 +6,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use futures::StreamExt;
-use openraft::ChangeMembers;
 use openraft::ReadPolicy;
 use openraft::alias::SnapshotMetaOf;
 use openraft::alias::SnapshotOf;
 use openraft::alias::VoteOf;
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::errors::ChangeMembershipError;
 use openraft::errors::ClientWriteError;
 use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
@@ -30,8 +28,8 @@ use super::FROM_NODE_METADATA;
 use super::FaultPlan;
 use super::Faults;
 use super::membership::MembershipChange;
+use super::membership::MembershipChanges;
 use super::membership::MembershipError;
-use super::membership::change_on_leader;
 use crate::codec::decode;
 use crate::codec::encode;
 use crate::limits::PEER_MESSAGE_BYTES_MAX;
@@ -81,34 +79,35 @@ pub struct MembersReply {
 }
 
 /// Puts member `id`'s current name and URLs in the membership (etcd's "publish"), on the leader.
-/// Members that start together publish together, and openraft takes one membership change at a
-/// time: a publish waits (up to [`PUBLISH_QUEUE_WAIT`]) for the change in flight instead of
+/// Members that start together publish together, and the leader makes one membership change at
+/// a time: a publish waits (up to [`PUBLISH_QUEUE_WAIT`]) for the change in flight instead of
 /// being refused and retried half a second later.
-pub async fn publish_on_leader(raft: &Raft, id: NodeId, member: Member) -> Result<(), Status> {
-    let change = ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
+pub async fn publish_on_leader(
+    changes: &MembershipChanges,
+    id: NodeId,
+    member: Member,
+) -> Result<(), Status> {
     let deadline = tokio::time::Instant::now() + PUBLISH_QUEUE_WAIT;
-    let mut changes = raft.metrics();
+    let mut metrics = changes.raft().metrics();
+    let in_flight = || Status::unavailable("a membership change is in flight; retry");
     loop {
-        if !raft.is_leader() {
-            return Err(Status::failed_precondition("etcdserver: not leader"));
-        }
-        if !membership_change_in_flight(raft) {
-            match raft.change_membership(change.clone(), true).await {
-                Ok(_) => return Ok(()),
-                // Another change got in first: wait for it as well.
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                    ChangeMembershipError::InProgress(_),
-                ))) => {}
-                Err(e) => {
-                    return Err(Status::unavailable(format!("cannot publish member: {e}")));
-                }
+        let publish = MembershipChange::Publish {
+            id,
+            member: member.clone(),
+        };
+        match tokio::time::timeout_at(deadline, changes.change(publish)).await {
+            Err(_) => return Err(in_flight()),
+            Ok(Ok(())) => return Ok(()),
+            // A change proposed by an earlier leader is still uncommitted: wait for it.
+            Ok(Err(MembershipError::InProgress)) => {}
+            Ok(Err(MembershipError::NotLeader)) => {
+                return Err(Status::failed_precondition("etcdserver: not leader"));
             }
+            Ok(Err(e)) => return Err(Status::unavailable(format!("cannot publish member: {e}"))),
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(Status::unavailable("a membership change is in flight; retry"));
-            }
-            changed = changes.changed() => {
+            _ = tokio::time::sleep_until(deadline) => return Err(in_flight()),
+            changed = metrics.changed() => {
                 if changed.is_err() {
                     return Err(Status::unavailable("raft has stopped"));
                 }
@@ -117,18 +116,12 @@ pub async fn publish_on_leader(raft: &Raft, id: NodeId, member: Member) -> Resul
     }
 }
 
-/// Whether a membership change is still uncommitted: openraft refuses another until it commits.
-fn membership_change_in_flight(raft: &Raft) -> bool {
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow_watched();
-    metrics.membership_config.log_id() != metrics.committed_membership_config.log_id()
-}
-
 /// How long the leader holds a member's publish while another membership change is in flight.
 const PUBLISH_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct PeerService {
     raft: Raft,
+    membership: MembershipChanges,
     faults: Faults,
     fault_injection_enabled: bool,
     leader_contact: LeaderContact,
@@ -157,9 +150,16 @@ impl LeaderContact {
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, faults: Faults, fault_injection_enabled: bool) -> Self {
+    /// `membership` makes this node's membership changes: the same one its client API uses.
+    pub fn new(
+        raft: Raft,
+        membership: MembershipChanges,
+        faults: Faults,
+        fault_injection_enabled: bool,
+    ) -> Self {
         PeerService {
             raft,
+            membership,
             faults,
             fault_injection_enabled,
             leader_contact: LeaderContact::default(),
@@ -427,7 +427,7 @@ impl Peer for PeerService {
         self.admit(&request)?;
         let (id, member): (NodeId, Member) =
             decode(&request.into_inner().payload).map_err(bad_payload)?;
-        publish_on_leader(&self.raft, id, member).await?;
+        publish_on_leader(&self.membership, id, member).await?;
         reply(&())
     }
 
@@ -439,7 +439,7 @@ impl Peer for PeerService {
         self.admit(&request)?;
         let change: MembershipChange =
             decode(&request.into_inner().payload).map_err(bad_payload)?;
-        let outcome: Result<(), MembershipError> = change_on_leader(&self.raft, change).await;
+        let outcome: Result<(), MembershipError> = self.membership.change(change).await;
         reply(&outcome)
     }
 
