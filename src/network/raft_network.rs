@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::Stream;
 use futures::StreamExt;
 
@@ -23,6 +24,7 @@ use openraft::errors::ReplicationClosed;
 use openraft::errors::StreamingError;
 use openraft::errors::Unreachable;
 use openraft::network::RPCOption;
+use openraft::network::stream_append_sequential;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
@@ -170,9 +172,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     /// A cut link ends the stream on either side at once; an answer that does not come within
     /// the RPC timeout while requests are outstanding ends it as a network error (openraft then
     /// opens a new one).
+    ///
+    /// openraft sends each heartbeat as a stream of one request, and its heartbeat worker counts
+    /// the acknowledgement only once the stream has ended: as a gRPC stream that is a stream
+    /// set-up, the answer, and a tear-down round on every heartbeat, and every ReadIndex read
+    /// waits for one. A stream already complete after its first request goes as one unary call.
     fn stream_append<'s, S>(
         &'s mut self,
-        input: S,
+        mut input: S,
         option: RPCOption,
     ) -> BoxFuture<'s, Result<AppendAnswers<'s>, RPCError<TypeConfig>>>
     where
@@ -180,6 +187,19 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     {
         let timeout = rpc_timeout(&option);
         Box::pin(async move {
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as AppendAnswers<'s>);
+            };
+            let mut head = vec![first];
+            match input.next().now_or_never() {
+                Some(None) => {
+                    let single = futures::stream::iter(head);
+                    return stream_append_sequential(self, single, option).await;
+                }
+                Some(Some(second)) => head.push(second),
+                None => {}
+            }
+            let input = futures::stream::iter(head).chain(input);
             let mut client = self
                 .peers
                 .client(self.target, &self.peer_url)

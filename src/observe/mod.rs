@@ -107,8 +107,11 @@ fn unix_ms() -> u64 {
 }
 
 /// Watches Raft's metrics and records every change of leader (or loss of one) until `stopped`.
+/// Woken by the server metrics (vote, role, leader, membership) only: the full metrics change on
+/// every heartbeat acknowledgement, several times per linearizable read on a leader.
 pub async fn watch_leader_changes(observer: Observer, mut stopped: watch::Receiver<bool>) {
-    let mut metrics = observer.raft.metrics();
+    let mut changes = observer.raft.server_metrics();
+    let metrics = observer.raft.metrics();
     let mut last: Option<(Option<NodeId>, u64)> = None;
     loop {
         let (leader, term, name) = {
@@ -145,7 +148,7 @@ pub async fn watch_leader_changes(observer: Observer, mut stopped: watch::Receiv
             last = Some((leader, term));
         }
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = changes.changed() => if changed.is_err() { return },
             _ = stopped.wait_for(|stop| *stop) => return,
         }
     }
