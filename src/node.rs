@@ -193,6 +193,7 @@ impl Node {
             faults.clone(),
             config.enable_fault_injection,
         )
+        .with_read_index_counters(metrics.read_index.clone())
         .with_leader_contact(leader_contact.clone())
         .with_cluster_id(config.cluster_id)
         .into_server();

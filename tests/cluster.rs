@@ -19,6 +19,8 @@ use std::time::Instant;
 
 use common::Cluster;
 use common::TestRng;
+use common::http_get;
+use common::sample;
 use common::test_seed;
 use etcd_client::Client;
 use etcd_client::Compare;
@@ -105,7 +107,9 @@ async fn prefix_records(cluster: &Cluster, node: usize, prefix: &str) -> (Vec<Re
 }
 
 /// 50 keys in a row: a follower whose state machine lags the leader's ack by even one entry
-/// would be caught, because the get follows the ack with no pause.
+/// would be caught, because the get follows the ack with no pause. In a cluster of three voters
+/// the leader answers these follower reads in one round trip (the follower vouches for its term,
+/// no heartbeat round), and this is where that path is held to read-after-ack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linearizable_get_on_every_follower_sees_the_put_acknowledged_just_before() {
     const KEYS: usize = 50;
@@ -150,6 +154,53 @@ async fn linearizable_get_on_every_follower_sees_the_put_acknowledged_just_befor
             );
         }
     }
+    let (vouched, heartbeat) = read_index_paths(&cluster, leader);
+    assert!(
+        vouched >= (KEYS * followers.len()) as f64 * 0.9,
+        "follower reads in one round trip: {vouched} vouched, {heartbeat} with a heartbeat round"
+    );
+}
+
+/// How the leader answered follower reads so far: (vouched, with a heartbeat round).
+fn read_index_paths(cluster: &Cluster, leader: usize) -> (f64, f64) {
+    let (status, scrape) = http_get(&cluster.nodes[leader].metrics_url(), "/metrics");
+    assert_eq!(status, 200);
+    let count = |name: &str| sample(&scrape, name).unwrap_or(0.0);
+    (
+        count("quorumdb_read_index_vouched_total"),
+        count("quorumdb_read_index_heartbeat_total"),
+    )
+}
+
+/// With five voters a follower and the leader are no majority: every follower read takes the
+/// heartbeat round, and still sees the put acknowledged just before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_reads_in_a_five_voter_cluster_confirm_the_leader_with_a_heartbeat_round() {
+    const KEYS: usize = 10;
+    let cluster = Cluster::start(5);
+    let leader = cluster.wait_for_leader().await;
+    let mut leader_client = cluster.client(leader).await;
+    let follower = cluster.followers(leader)[0];
+    let mut on_follower = cluster.client(follower).await;
+    for i in 0..KEYS {
+        let key = format!("five/{i}");
+        leader_client
+            .put(key.as_str(), "v", None)
+            .await
+            .expect("put on the leader");
+        let got = on_follower.get(key.as_str(), None).await.expect("get");
+        assert_eq!(
+            got.kvs().len(),
+            1,
+            "{key} on the follower right after the ack"
+        );
+    }
+    let (vouched, heartbeat) = read_index_paths(&cluster, leader);
+    assert_eq!(vouched, 0.0, "no follower read skipped the heartbeat round");
+    assert!(
+        heartbeat >= KEYS as f64,
+        "{heartbeat} heartbeat-round reads"
+    );
 }
 
 /// A put through a follower is forwarded to the leader, and revisions and per-key metadata follow

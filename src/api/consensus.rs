@@ -264,10 +264,18 @@ impl Consensus {
                 Self::pause(deadline).await?;
                 continue;
             };
+            // Read through the Raft core after this read began: the leader may then answer
+            // without a heartbeat round (see `network::read_index`).
+            let vouch_term = self
+                .raft
+                .with_raft_state(|st| st.vote_ref().leader_id().term)
+                .await
+                .map_err(|_| ApiError::Stopped)?;
             let timeout = deadline.saturating_duration_since(Instant::now());
             let request = self.peers.request(
                 ReadIndexRequest {
                     from_node_id: self.id,
+                    vouch_term,
                 },
                 timeout,
             );

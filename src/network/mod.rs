@@ -15,6 +15,7 @@ mod faults;
 pub mod membership;
 mod peers;
 mod raft_network;
+pub mod read_index;
 mod server;
 
 pub use faults::FaultPlan;

@@ -6,13 +6,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use futures::StreamExt;
-use openraft::ReadPolicy;
 use openraft::alias::SnapshotMetaOf;
 use openraft::alias::SnapshotOf;
 use openraft::alias::VoteOf;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ClientWriteError;
-use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::TransferLeaderRequest;
@@ -30,6 +28,7 @@ use super::Faults;
 use super::membership::MembershipChange;
 use super::membership::MembershipChanges;
 use super::membership::MembershipError;
+use super::read_index::ReadIndexCounters;
 use crate::codec::decode;
 use crate::codec::encode;
 use crate::limits::PEER_MESSAGE_BYTES_MAX;
@@ -122,6 +121,7 @@ const PUBLISH_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2
 pub struct PeerService {
     raft: Raft,
     membership: MembershipChanges,
+    read_index_counters: ReadIndexCounters,
     faults: Faults,
     fault_injection_enabled: bool,
     leader_contact: LeaderContact,
@@ -160,11 +160,18 @@ impl PeerService {
         PeerService {
             raft,
             membership,
+            read_index_counters: ReadIndexCounters::default(),
             faults,
             fault_injection_enabled,
             leader_contact: LeaderContact::default(),
             cluster_id: 0,
         }
+    }
+
+    /// Counts follower reads answered in one round trip or with a heartbeat round.
+    pub fn with_read_index_counters(mut self, counters: ReadIndexCounters) -> Self {
+        self.read_index_counters = counters;
+        self
     }
 
     /// The cluster id this node reports to peers (joining nodes adopt it).
@@ -383,19 +390,15 @@ impl Peer for PeerService {
         request: Request<ReadIndexRequest>,
     ) -> Result<Response<RaftMessage>, Status> {
         self.admit(&request)?;
-        let result: ReadIndexReply =
-            match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
-                Ok(linearizer) => Ok(*linearizer.read_log_id()),
-                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                    Err(ReadIndexError::NotLeader {
-                        leader: f.leader_id,
-                    })
-                }
-                Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
-                    Err(ReadIndexError::NoQuorum(e.to_string()))
-                }
-                Err(RaftError::Fatal(e)) => return Err(fatal(e)),
-            };
+        let request = request.into_inner();
+        let result = super::read_index::read_index(
+            &self.raft,
+            request.from_node_id,
+            request.vouch_term,
+            &self.read_index_counters,
+        )
+        .await
+        .map_err(fatal)?;
         reply(&result)
     }
 

@@ -79,6 +79,8 @@ pub struct NodeMetrics {
     pub proposals_committed: Counter,
     /// Snapshots the leader sent to followers (shared with the peer transport).
     pub snapshots_sent: Counter,
+    /// Follower reads this member answered as leader, by how (shared with the peer service).
+    pub read_index: crate::network::read_index::ReadIndexCounters,
     pub proposals_failed: Counter,
     pub leader_changes: Counter,
     is_leader: Gauge,
@@ -105,6 +107,7 @@ impl NodeMetrics {
             request_seconds: Family::new_with_constructor(latency_histogram),
             proposals_committed: Counter::default(),
             snapshots_sent: Counter::default(),
+            read_index: Default::default(),
             proposals_failed: Counter::default(),
             leader_changes: Counter::default(),
             is_leader: Gauge::default(),
@@ -201,6 +204,16 @@ impl NodeMetrics {
             "quorumdb_snapshots_sent",
             "Snapshots this member sent to a follower that installed them",
             metrics.snapshots_sent.clone(),
+        );
+        r.register(
+            "quorumdb_read_index_vouched",
+            "Follower reads answered as leader in one round trip: a voter of at most three vouched for the term",
+            metrics.read_index.vouched.clone(),
+        );
+        r.register(
+            "quorumdb_read_index_heartbeat",
+            "Follower reads answered as leader after a heartbeat round confirmed the leadership",
+            metrics.read_index.heartbeat.clone(),
         );
         r.register(
             "quorumdb_snapshots_installed",
