@@ -266,9 +266,15 @@ impl Consensus {
             };
             // Read through the Raft core after this read began: the leader may then answer
             // without a heartbeat round (see `network::read_index`).
-            let vouch_term = self
+            let (vouch_term, vouch_leader) = self
                 .raft
-                .with_raft_state(|st| st.vote_ref().leader_id().term)
+                .with_raft_state(|st| {
+                    let vote = st.vote_ref();
+                    match vote.is_committed() {
+                        true => (vote.leader_id().term, vote.leader_id().node_id),
+                        false => (0, 0),
+                    }
+                })
                 .await
                 .map_err(|_| ApiError::Stopped)?;
             let timeout = deadline.saturating_duration_since(Instant::now());
@@ -276,6 +282,7 @@ impl Consensus {
                 ReadIndexRequest {
                     from_node_id: self.id,
                     vouch_term,
+                    vouch_leader,
                 },
                 timeout,
             );

@@ -65,7 +65,7 @@ pub enum MembershipChange {
     },
 }
 
-/// Why a change was not made; every variant means nothing changed.
+/// Why a change was not made; every variant but `Unknown` means nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum MembershipError {
     #[error("etcdserver: not leader")]

@@ -6,25 +6,27 @@
 //! follower applies up to that id and reads locally. From a follower that is two peer round
 //! trips: follower -> leader, and leader -> quorum.
 //!
-//! The vouched form drops the heartbeat round. The follower F reads its vote term through its
-//! own Raft core after the client's read began (at t1 > t0) and sends it. The leader L gives its
-//! read log id (at t2 > t1), then asks its own core (at t3 >= t2) for its role, term and
-//! membership, and answers with that id without a heartbeat round only if all of these hold:
-//! L still leads in term T, F's vote term is T and so is the read log id's; L's membership is
-//! committed, uniform (no joint config), of at most three voters, L and F among them, and no
-//! newer than the read log id (so it was already L's membership at t2).
+//! The vouched form drops the heartbeat round. openraft orders leaders by their leader id
+//! (term, node id): several candidates can win the same term, in node-id order, so the argument
+//! is over votes, not terms. The follower F reads its vote through its own Raft core after the
+//! client's read began (at t1 > t0) and sends it if committed. The leader L gives its read log
+//! id (at t2 > t1), then asks its own core (at t3 >= t2) for its role, vote and membership, and
+//! answers with that id without a heartbeat round only if all of these hold: L still leads with
+//! vote (T, L); F's committed vote is (T, L) too, and so is the read log id's leader; L's
+//! membership is committed, uniform (no joint config), of at most three voters, L and F among
+//! them, and no newer than the read log id (so it was already L's membership at t2).
 //!
-//! Why that is linearizable: a write acknowledged before t0 was committed by a leader of some
-//! term T'. If T' <= T, L's read log id covers it (Leader Completeness; L's commit index only
-//! grows). T' > T is impossible: the first leader of a term above T was elected, before t0, by a
-//! majority of the configuration in its log. With joint consensus every such configuration has a
-//! majority that meets {L, F}: L's own uniform set of at most three voters (where {L, F} is a
-//! majority), a joint config containing it, or an older one whose holders refuse a candidate
-//! without the committed change (their logs are newer). So L or F granted a vote above T before
-//! t0; but L's term is T at t3 and F's at t1, and terms never go down.
+//! Why that is linearizable: a write acknowledged before t0 was committed by a leader with some
+//! leader id V. If V <= (T, L), L's read log id covers it (leader completeness; L's commit index
+//! only grows). V > (T, L) is impossible: the first leader above (T, L) was elected, before t0, by
+//! a majority of the configuration in its log. With joint consensus every such configuration has
+//! a majority that meets {L, F}: L's own committed uniform set of at most three voters (where
+//! {L, F} is a majority), a joint config containing it, or an older one whose holders refuse a
+//! candidate without the committed change (their logs are newer). So L or F granted a vote above
+//! (T, L) before t0; but L's vote is (T, L) at t3 and F's at t1, and votes never go down.
 //!
-//! Anything else (five voters, a membership change in flight, no fresh leader lease, a term that
-//! moved) takes the usual heartbeat round.
+//! Anything else (five voters, a membership change in flight, no fresh leader lease, a vote that
+//! moved or names another leader) takes the usual heartbeat round.
 
 use std::collections::BTreeSet;
 
@@ -76,22 +78,24 @@ impl LeaderState {
     }
 }
 
-/// Whether `leader` may answer `follower`'s read at `read` (term, index) without a heartbeat
-/// round, given the follower's vote term `vouch_term`; see the module documentation.
+/// Whether `leader` may answer `follower`'s read at `read` (leader term, leader node, index)
+/// without a heartbeat round, given the follower's committed vote `vouch` (term, leader node);
+/// see the module documentation.
 pub(crate) fn vouched(
     leader: &LeaderState,
-    read: (u64, u64),
+    read: (u64, NodeId, u64),
     follower: NodeId,
-    vouch_term: u64,
+    vouch: (u64, NodeId),
 ) -> bool {
-    let (read_term, read_index) = read;
+    let (read_term, read_leader, read_index) = read;
     let [voters] = leader.voter_sets.as_slice() else {
         return false;
     };
+    let own_vote = (leader.term, leader.id);
     leader.leading
-        && vouch_term != 0
-        && vouch_term == leader.term
-        && read_term == leader.term
+        && leader.term != 0
+        && vouch == own_vote
+        && (read_term, read_leader) == own_vote
         && leader.membership_committed
         && leader
             .membership_index
@@ -113,16 +117,17 @@ pub struct ReadIndexCounters {
 pub(crate) async fn read_index(
     raft: &Raft,
     follower: NodeId,
-    vouch_term: u64,
+    vouch: (u64, NodeId),
     counters: &ReadIndexCounters,
 ) -> Result<ReadIndexReply, RaftError<TypeConfig, openraft::errors::Fatal<TypeConfig>>> {
-    if vouch_term != 0
+    if vouch.0 != 0
         && let Ok(linearizer) = raft.get_read_linearizer(ReadPolicy::LeaseRead).await
     {
         let read: ReadLogId<TypeConfig> = *linearizer.read_log_id();
-        let read_at = (read.committed_leader_id().term, read.index());
+        let read_leader = read.committed_leader_id();
+        let read_at = (read_leader.term, read_leader.node_id, read.index());
         if let Some(leader) = LeaderState::read(raft).await
-            && vouched(&leader, read_at, follower, vouch_term)
+            && vouched(&leader, read_at, follower, vouch)
         {
             counters.vouched.inc();
             return Ok(Ok(read));
@@ -165,34 +170,75 @@ mod tests {
 
     #[test]
     fn a_voter_of_a_settled_three_voter_cluster_in_the_leaders_term_vouches() {
-        assert!(vouched(&three_voters(), (7, 50), F, 7));
+        assert!(vouched(&three_voters(), (7, L, 50), F, (7, L)));
         let two = LeaderState {
             voter_sets: vec![BTreeSet::from([L, F])],
             ..three_voters()
         };
-        assert!(vouched(&two, (7, 50), F, 7));
+        assert!(vouched(&two, (7, L, 50), F, (7, L)));
     }
 
-    /// Why not, the leader's state, the read (term, index), the asking follower, its vouch term.
-    type Case = (&'static str, LeaderState, (u64, u64), NodeId, u64);
+    /// Why not, the leader's state, the read (term, leader, index), the asking follower, its
+    /// committed vote (term, leader).
+    type Case = (
+        &'static str,
+        LeaderState,
+        (u64, NodeId, u64),
+        NodeId,
+        (u64, NodeId),
+    );
 
     #[test]
     fn any_doubt_takes_the_heartbeat_round() {
         let base = three_voters();
         let cases: Vec<Case> = vec![
-            ("no vouch sent", base.clone(), (7, 50), F, 0),
-            ("follower in an older term", base.clone(), (7, 50), F, 6),
-            ("follower in a newer term", base.clone(), (7, 50), F, 8),
-            ("read id of another term", base.clone(), (6, 50), F, 7),
+            ("no vouch sent", base.clone(), (7, L, 50), F, (0, 0)),
+            (
+                "follower in an older term",
+                base.clone(),
+                (7, L, 50),
+                F,
+                (6, L),
+            ),
+            (
+                "follower in a newer term",
+                base.clone(),
+                (7, L, 50),
+                F,
+                (8, L),
+            ),
+            // openraft's leader ids are (term, node id): a later candidate of the same term
+            // can win it with the follower's vote while this leader still leads.
+            (
+                "follower elected another leader of the term",
+                base.clone(),
+                (7, L, 50),
+                F,
+                (7, 3),
+            ),
+            (
+                "read id of another term",
+                base.clone(),
+                (6, L, 50),
+                F,
+                (7, L),
+            ),
+            (
+                "read id of another leader",
+                base.clone(),
+                (7, 3, 50),
+                F,
+                (7, L),
+            ),
             (
                 "no longer leading",
                 LeaderState {
                     leading: false,
                     ..base.clone()
                 },
-                (7, 50),
+                (7, L, 50),
                 F,
-                7,
+                (7, L),
             ),
             (
                 "five voters",
@@ -200,9 +246,9 @@ mod tests {
                     voter_sets: vec![BTreeSet::from([L, F, 3, 4, 5])],
                     ..base.clone()
                 },
-                (7, 50),
+                (7, L, 50),
                 F,
-                7,
+                (7, L),
             ),
             (
                 "joint config",
@@ -210,9 +256,9 @@ mod tests {
                     voter_sets: vec![BTreeSet::from([L, F, 3]), BTreeSet::from([L, F])],
                     ..base.clone()
                 },
-                (7, 50),
+                (7, L, 50),
                 F,
-                7,
+                (7, L),
             ),
             (
                 "membership change in flight",
@@ -220,9 +266,9 @@ mod tests {
                     membership_committed: false,
                     ..base.clone()
                 },
-                (7, 50),
+                (7, L, 50),
                 F,
-                7,
+                (7, L),
             ),
             (
                 "membership newer than the read id",
@@ -230,26 +276,26 @@ mod tests {
                     membership_index: Some(51),
                     ..base.clone()
                 },
-                (7, 50),
+                (7, L, 50),
                 F,
-                7,
+                (7, L),
             ),
-            ("a learner asks", base.clone(), (7, 50), 9, 7),
-            ("the leader itself", base.clone(), (7, 50), L, 7),
+            ("a learner asks", base.clone(), (7, L, 50), 9, (7, L)),
+            ("the leader itself", base.clone(), (7, L, 50), L, (7, L)),
             (
                 "leader not a voter",
                 LeaderState {
                     voter_sets: vec![BTreeSet::from([F, 3, 4])],
                     ..base.clone()
                 },
-                (7, 50),
+                (7, L, 50),
                 F,
-                7,
+                (7, L),
             ),
         ];
-        for (why, leader, read, follower, vouch_term) in cases {
+        for (why, leader, read, follower, vouch) in cases {
             assert!(
-                !vouched(&leader, read, follower, vouch_term),
+                !vouched(&leader, read, follower, vouch),
                 "vouched although: {why}"
             );
         }

@@ -394,7 +394,7 @@ impl Peer for PeerService {
         let result = super::read_index::read_index(
             &self.raft,
             request.from_node_id,
-            request.vouch_term,
+            (request.vouch_term, request.vouch_leader),
             &self.read_index_counters,
         )
         .await
