@@ -125,6 +125,12 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
         // 500 ms (openraft's default starts at 200 ms and reaches 1 s): a member that starts or
         // restarts a moment after the leader gets its log within tens of milliseconds, not 0.5 s.
         backoff: "20ms 40ms ...500ms".to_string(),
+        // A restarted leader wins a new election instead of taking its leadership back: neither
+        // its commit index (a hint, not synced) nor its state machine (persisted in batches) is
+        // durable at every step, so after a machine crash it could lead with a commit index
+        // behind what it had acknowledged and give read indexes that miss acknowledged writes
+        // (openraft's `enable_leader_restore` documents exactly this case).
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()

@@ -161,6 +161,34 @@ async fn linearizable_get_on_every_follower_sees_the_put_acknowledged_just_befor
     );
 }
 
+/// A restarted leader does not take its leadership back without an election: its commit index
+/// (a hint, not synced) and its state machine (persisted in batches) are not durable at every
+/// step, so after a machine crash it could lead from behind what it had acknowledged. It
+/// restarts well within the others' election timeout, so with leadership restore it would come
+/// back in the same term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_wins_a_new_term_instead_of_restoring_its_leadership() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader().await;
+    let mut on_leader = cluster.client(leader).await;
+    on_leader.put("restore/k", "v", None).await.expect("put");
+    let term_before = on_leader.status().await.expect("status").raft_term();
+    drop(on_leader);
+    cluster.kill(leader);
+    cluster.restart(leader);
+    let leader_after = cluster.wait_for_leader().await;
+    let mut client = cluster.client(leader_after).await;
+    let term_after = client.status().await.expect("status").raft_term();
+    assert!(
+        term_after > term_before,
+        "n{} restarted and the cluster is still in term {term_before} (leader n{})",
+        leader + 1,
+        leader_after + 1
+    );
+    let got = client.get("restore/k", None).await.expect("get");
+    assert_eq!(got.kvs().len(), 1, "the acknowledged put survives");
+}
+
 /// How the leader answered follower reads so far: (vouched, with a heartbeat round).
 fn read_index_paths(cluster: &Cluster, leader: usize) -> (f64, f64) {
     let (status, scrape) = http_get(&cluster.nodes[leader].metrics_url(), "/metrics");

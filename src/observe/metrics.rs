@@ -207,7 +207,7 @@ impl NodeMetrics {
         );
         r.register(
             "quorumdb_read_index_vouched",
-            "Follower reads answered as leader in one round trip: a voter of at most three vouched for the term",
+            "Follower reads answered as leader in one round trip: a voter of at most three vouched with its vote",
             metrics.read_index.vouched.clone(),
         );
         r.register(
