@@ -80,8 +80,8 @@ async fn roles_once(
     }
 }
 
-/// Adds node `index` as a learner, starts it, and promotes it once it has caught up.
-async fn grow(cluster: &mut Cluster, client: &mut Client, index: usize) {
+/// Adds the prepared node `index` as a learner (not started) and records the id it was given.
+async fn add_as_learner(cluster: &mut Cluster, client: &mut Client, index: usize) -> u64 {
     let added = client
         .member_add(
             [cluster.nodes[index].peer_url()],
@@ -91,6 +91,12 @@ async fn grow(cluster: &mut Cluster, client: &mut Client, index: usize) {
         .expect("member add");
     let id = added.member().expect("the added member").id();
     cluster.nodes[index].id = id;
+    id
+}
+
+/// Adds node `index` as a learner, starts it, and promotes it once it has caught up.
+async fn grow(cluster: &mut Cluster, client: &mut Client, index: usize) {
+    let id = add_as_learner(cluster, client, index).await;
     let (_, learners) = roles_once(client, |_, learners| learners.contains(&id)).await;
     assert!(learners.contains(&id), "added as a learner");
     cluster.restart(index);
@@ -513,15 +519,7 @@ async fn a_promotion_racing_other_membership_changes_succeeds_once_and_says_so()
         let leader = cluster.wait_for_leader().await;
         let mut on_leader = cluster.client(leader).await;
         let learner = cluster.add_node();
-        let added = on_leader
-            .member_add(
-                [cluster.nodes[learner].peer_url()],
-                Some(MemberAddOptions::new().with_is_learner()),
-            )
-            .await
-            .expect("member add");
-        let id = added.member().expect("the added member").id();
-        cluster.nodes[learner].id = id;
+        let id = add_as_learner(&mut cluster, &mut on_leader, learner).await;
         cluster.restart(learner);
         // Its client URL is listed once it has published (a change the leader made with it
         // reachable), so it is caught up enough to be promoted.
