@@ -194,7 +194,6 @@ impl Node {
         let leader_contact = LeaderContact::default();
         let membership = MembershipChanges::new(raft.clone());
         let peer_service = network::PeerService::new(
-            raft.clone(),
             membership.clone(),
             faults.clone(),
             config.enable_fault_injection,

@@ -113,6 +113,18 @@ pub struct ReadIndexCounters {
     pub heartbeat: Counter,
 }
 
+/// Whether this node's metrics show a uniform membership of at most three voters: without one
+/// no read can be vouched, and the two Raft core round trips of the check are skipped. Only a
+/// filter: the check itself reads the core's state after the read log id.
+fn small_uniform_membership(raft: &Raft) -> bool {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow_watched();
+    matches!(
+        metrics.membership_config.membership().get_joint_config().as_slice(),
+        [voters] if voters.len() <= 3
+    )
+}
+
 /// The read log id for `follower`'s read, on the leader.
 pub(crate) async fn read_index(
     raft: &Raft,
@@ -121,6 +133,7 @@ pub(crate) async fn read_index(
     counters: &ReadIndexCounters,
 ) -> Result<ReadIndexReply, RaftError<TypeConfig, openraft::errors::Fatal<TypeConfig>>> {
     if vouch.0 != 0
+        && small_uniform_membership(raft)
         && let Ok(linearizer) = raft.get_read_linearizer(ReadPolicy::LeaseRead).await
     {
         let read: ReadLogId<TypeConfig> = *linearizer.read_log_id();

@@ -150,15 +150,15 @@ impl LeaderContact {
 }
 
 impl PeerService {
-    /// `membership` makes this node's membership changes: the same one its client API uses.
+    /// `membership` makes this node's membership changes (the same one its client API uses) and
+    /// holds the node's Raft handle.
     pub fn new(
-        raft: Raft,
         membership: MembershipChanges,
         faults: Faults,
         fault_injection_enabled: bool,
     ) -> Self {
         PeerService {
-            raft,
+            raft: membership.raft().clone(),
             membership,
             read_index_counters: ReadIndexCounters::default(),
             faults,
