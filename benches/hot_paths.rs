@@ -7,7 +7,7 @@
 //! ```
 //!
 //! - `keyspace_apply_put/N`: one `KeySpace::apply` of N Put commands, then `KeySpace::persist`
-//!   (their one sled batch, no flush), over 10,000 keys so most puts overwrite a key and keep a
+//!   (their one sled batch, no flush), over 10,000 keys drawn at random so most puts overwrite a key and keep a
 //!   version. The state machine hands several applies to sled in one batch; one batch per apply,
 //!   as here, is the cost when writes are rare.
 //! - `log_append_flush/N`: one `append` of N entries, timed until its callback reports them
@@ -41,6 +41,7 @@ use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
 use openraft::type_config::TypeConfigExt;
 use openraft::vote::RaftLeaderIdExt;
+use quorumdb::rng::SplitMix64;
 use quorumdb::store;
 use quorumdb::store::LogStore;
 use quorumdb::store::Store;
@@ -62,10 +63,14 @@ const MEASUREMENT_MS: u64 = 3_000;
 /// Criterion's minimum is 10.
 const SAMPLE_SIZE: usize = 20;
 
-/// The `sequence`-th Put of a run: an 8-byte key cycling through the key space, 256-byte value.
+/// The `sequence`-th Put of a run: an 8-byte key drawn from the key space, 256-byte value. The
+/// key is drawn at random (seeded by `sequence`, so every run writes the same keys), as the
+/// cluster benchmark's clients draw theirs: the key space's sled tree sees the same scattered
+/// writes as in a cluster, not a sweep through the keys in order.
 fn put(sequence: u64) -> Command {
+    let key = SplitMix64::new(sequence).below(KEY_SPACE_KEYS);
     Command::Put(PutOp {
-        key: (sequence % KEY_SPACE_KEYS).to_be_bytes().to_vec(),
+        key: key.to_be_bytes().to_vec(),
         value: vec![sequence as u8; VALUE_BYTES],
         ..PutOp::default()
     })
