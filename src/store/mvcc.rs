@@ -23,10 +23,12 @@
 //!   overlay (history) + extra + meta ---> pending (in memory) ---> publish revision
 //! persist() -- when 512 writes wait or the oldest waited 50 ms, before a snapshot --
 //!   pending ---> persisting (still read) ---> one sled::Batch, gate not held ---> dropped
-//! range(op) -- read gate -- live map (current revision), or history entries (older revision)
-//!                           from pending, then persisting, then the tree
+//! range(op) -- read gate -- live map (current revision), or history index -> history entries
+//!                           (older revision) from pending, then persisting, then the tree
 //! freeze_dump() -- write gate, briefly -- pending ---> sled; revision, meta, extra copied
-//!   FrozenDump::encode -- no gate -- history <= revision read from the tree (compaction waits)
+//!   index copied
+//!   FrozenDump::encode -- no gate -- the copied index's versions read from the tree (compaction
+//!                                     waits)
 //! ```
 //!
 //! # Layout of the tree
@@ -36,22 +38,34 @@
 //! |---|---|---|
 //! | `0x00` meta | `0x00 "revision"`, `0x00 "compact_revision"` | `i64`, 8 bytes big-endian |
 //! | `0x01` live | `0x01 user_key` | in memory only (see below); an earlier layout stored it |
-//! | `0x02` history | `0x02 escape(user_key) 0x00 0x00 mod_revision` | `'P'` + `StoredValue`, or `'T'` |
+//! | `0x02` history | in a dump only (see below); an earlier layout stored it | |
 //! | `0x03` extra | [`EXTRA_PREFIX`] + anything | the caller's bytes, never interpreted here |
+//! | `0x04` history | `0x04 mod_revision user_key` | `'P'` + `StoredValue`, or `'T'` |
 //!
-//! `escape` turns each `0x00` byte of the user key into `0x00 0xFF`; the `0x00 0x00` terminator
-//! then sorts below any continuation of the key, and the revision is 8 bytes big-endian (always
-//! positive), so history entries sort by user key, then by revision. A user key range `[k, e)`
-//! therefore maps to the contiguous tree range `[0x02 escape(k) 0x00 0x00, 0x02 escape(e) 0x00
-//! 0x00)`. The history holds every version, the current one included: a read at an older revision
-//! `R` takes, per key, the newest history entry with `mod_revision <= R`, and a tombstone (`'T'`,
-//! written at the deletion revision) means the key was absent at `R`.
+//! The revision is 8 bytes big-endian (always positive), so history entries sort by revision,
+//! then by user key, and every write of the tree lands at its end. The history holds every
+//! version, the current one included: a read at an older revision `R` takes, per key, the newest
+//! version with `mod_revision <= R`, and a tombstone (`'T'`, written at the deletion revision)
+//! means the key was absent at `R`.
 //!
-//! The live entries (`0x01 user_key` -> `StoredValue` of the current version) are a `BTreeMap` in
-//! memory, under the same gate: exactly the newest history entry of each key that is not a
-//! tombstone. Reads at the current revision and the compares and reads inside `apply` use it; it
-//! is rebuilt from the history on open and on restore. A tree from the earlier layout, which
-//! stored the live entries, has them dropped on open (the history already holds them).
+//! Two maps in memory, under the same gate, say what the history holds, so that no read or write
+//! scans the tree:
+//! - the live entries (`0x01 user_key` -> `StoredValue` of the current version): exactly the
+//!   newest history entry of each key that is not a tombstone. Reads at the current revision and
+//!   the compares and reads inside `apply` use it.
+//! - the history index (user key -> every version's revision and whether it is a tombstone,
+//!   oldest first), as etcd keeps its `keyIndex`: reads at an older revision find there which
+//!   entry to get, compaction which entries to drop, a dump and HashKV the key order.
+//!
+//! Both are rebuilt from the history on open and on restore. A tree from an earlier layout has its
+//! stored live entries dropped and its history moved to the revision order on open.
+//!
+//! **A dump keeps the earlier, key-ordered layout** (`0x02 escape(user_key) 0x00 0x00
+//! mod_revision`, `escape` turning each `0x00` byte into `0x00 0xFF`, so that entries sort by
+//! user key, then revision), and HashKV hashes those bytes: snapshots and hashes are the same as
+//! those of the versions before the history moved to revision order, so members of both versions
+//! exchange snapshots and compare hashes. [`KeySpace::restore`] moves a dump's history to the
+//! tree's layout.
 //!
 //! `StoredValue` (create_revision, mod_revision, version, lease, value) is encoded with
 //! [`crate::codec`] (bincode over serde), the project's one format for its own data. The user key
@@ -75,10 +89,12 @@
 //!   entries also in sled, each put wrote two sled entries and read one, and sled was about a
 //!   third of a loaded cluster's CPU. Rejected: storing the live entries too (the earlier
 //!   layout); an index of revisions only, which still reads sled for every current value.
-//! - **History reads and compaction scan.** A read at an older revision walks every version of
-//!   the keys in its range, and Compact walks the whole history (holding the keys it drops in
-//!   memory) inside one batch. Simple and obviously deterministic; if history grows large, a
-//!   reverse-seek per key is the next step.
+//! - **History by revision, with an index of it in memory.** A put appends to the end of the
+//!   tree, where sled's work is cheapest, rather than inserting among the versions of its key;
+//!   measured (bench/results/2026-12-03-history-by-revision.md). The cost is memory: 16 bytes per
+//!   version still in the history, besides the key (etcd's `keyIndex` keeps the same). A read at
+//!   an older revision gets one tree entry per key; Compact finds what to drop in the index and
+//!   holds the keys it drops in memory, inside one batch.
 //! - **A gate (`RwLock`, holding what is in memory) around the tree** rather than relying on
 //!   sled's own isolation: a range scans many entries and must see all of one applied batch or
 //!   none of it, in memory and in the tree.
@@ -89,6 +105,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::Bound;
+use std::ops::RangeBounds;
 use std::sync::Arc;
 use std::sync::Condvar;
 use std::sync::Mutex;
@@ -143,6 +160,8 @@ pub struct FrozenDump {
     revision: i64,
     /// Meta and extra entries, copied at the freeze (every apply rewrites some of them).
     meta: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The history index at the freeze: the versions to read from the tree.
+    index: HistoryIndex,
     extra: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -152,21 +171,28 @@ impl FrozenDump {
         self.revision
     }
 
-    /// Visits the dump's entries in tree order: meta, history up to the frozen revision, extra.
+    /// Visits the dump's entries in its order: meta, history up to the frozen revision (by key,
+    /// then revision), extra.
     fn scan(&self, mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>) -> io::Result<()> {
         for (key, value) in &self.meta {
             visit(key, value)?;
         }
-        let history = self
-            .keyspace
-            .tree
-            .range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1]);
-        for entry in history {
-            let (key, value) = entry.map_err(sled_error)?;
-            let (_, mod_revision) = parse_history_key(&key)?;
-            // Applied after the freeze: not part of the dump.
-            if mod_revision <= self.revision {
-                visit(&key, &value)?;
+        // Every version the index held at the freeze is in the tree, at or below the frozen
+        // revision, and stays there while the dump lives.
+        for (user_key, versions) in &self.index {
+            for version in versions {
+                let entry = self
+                    .keyspace
+                    .tree
+                    .get(history_key(version.revision, user_key))
+                    .map_err(sled_error)?
+                    .ok_or_else(|| {
+                        invalid_data(format!(
+                            "history entry of key {user_key:?} at revision {} is missing",
+                            version.revision
+                        ))
+                    })?;
+                visit(&dump_key(user_key, version.revision), &entry)?;
             }
         }
         for (key, value) in &self.extra {
@@ -246,7 +272,10 @@ pub const EXTRA_PREFIX: u8 = 0x03;
 
 const META_PREFIX: u8 = 0x00;
 const LIVE_PREFIX: u8 = 0x01;
-const HISTORY_PREFIX: u8 = 0x02;
+/// History entries of a dump, and of a tree written by an earlier version: by key, then revision.
+const DUMP_HISTORY_PREFIX: u8 = 0x02;
+/// History entries of the tree: by revision, then key.
+const HISTORY_PREFIX: u8 = 0x04;
 
 const META_REVISION_KEY: &[u8] = b"\x00revision";
 const META_COMPACT_REVISION_KEY: &[u8] = b"\x00compact_revision";
@@ -261,8 +290,8 @@ const REVISION_INITIAL: i64 = 1;
 /// Compact revision of a store that was never compacted.
 const COMPACT_REVISION_INITIAL: i64 = 0;
 
-const _: () = assert!(META_PREFIX < LIVE_PREFIX && LIVE_PREFIX < HISTORY_PREFIX);
-const _: () = assert!(HISTORY_PREFIX < EXTRA_PREFIX);
+const _: () = assert!(META_PREFIX < LIVE_PREFIX && LIVE_PREFIX < DUMP_HISTORY_PREFIX);
+const _: () = assert!(DUMP_HISTORY_PREFIX < EXTRA_PREFIX && EXTRA_PREFIX < HISTORY_PREFIX);
 const _: () = assert!(HISTORY_PUT != HISTORY_TOMBSTONE);
 const _: () = assert!(COMPACT_REVISION_INITIAL < REVISION_INITIAL);
 
@@ -327,9 +356,9 @@ fn live_key(user_key: &[u8]) -> Vec<u8> {
 
 /// `0x02 escape(user_key) 0x00 0x00`: every history entry of `user_key` starts with it, and it
 /// sorts after every entry of a smaller user key.
-fn history_key_prefix(user_key: &[u8]) -> Vec<u8> {
+fn dump_key_prefix(user_key: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + user_key.len() + 2 + 8);
-    key.push(HISTORY_PREFIX);
+    key.push(DUMP_HISTORY_PREFIX);
     for &byte in user_key {
         key.push(byte);
         if byte == 0x00 {
@@ -340,21 +369,21 @@ fn history_key_prefix(user_key: &[u8]) -> Vec<u8> {
     key
 }
 
-fn history_key(user_key: &[u8], revision: i64) -> Vec<u8> {
+fn dump_key(user_key: &[u8], revision: i64) -> Vec<u8> {
     // Big-endian order equals numeric order only for non-negative revisions.
     assert!(
         revision > REVISION_INITIAL,
         "history entry at revision {revision}"
     );
-    let mut key = history_key_prefix(user_key);
+    let mut key = dump_key_prefix(user_key);
     key.extend_from_slice(&revision.to_be_bytes());
     key
 }
 
 /// The inverse of [`history_key`]: (user key, mod revision).
-fn parse_history_key(tree_key: &[u8]) -> io::Result<(Vec<u8>, i64)> {
+fn parse_dump_key(tree_key: &[u8]) -> io::Result<(Vec<u8>, i64)> {
     let malformed = || invalid_data(format!("malformed history key {tree_key:?}"));
-    if tree_key.first() != Some(&HISTORY_PREFIX) {
+    if tree_key.first() != Some(&DUMP_HISTORY_PREFIX) {
         return Err(malformed());
     }
     let mut user_key = Vec::with_capacity(tree_key.len());
@@ -382,6 +411,95 @@ fn parse_history_key(tree_key: &[u8]) -> io::Result<(Vec<u8>, i64)> {
         return Err(malformed());
     }
     Ok((user_key, revision))
+}
+
+/// `0x04 revision user_key`: the tree key of `user_key`'s version written at `revision`. The
+/// revision is 8 bytes big-endian and always positive, so the history sorts by revision, then by
+/// key, and every write lands at the end of the tree.
+fn history_key(revision: i64, user_key: &[u8]) -> Vec<u8> {
+    assert!(
+        revision > REVISION_INITIAL,
+        "history entry at revision {revision}"
+    );
+    let mut key = Vec::with_capacity(1 + 8 + user_key.len());
+    key.push(HISTORY_PREFIX);
+    key.extend_from_slice(&revision.to_be_bytes());
+    key.extend_from_slice(user_key);
+    key
+}
+
+/// The inverse of [`history_key`]: (mod revision, user key).
+fn parse_history_key(tree_key: &[u8]) -> io::Result<(i64, &[u8])> {
+    let malformed = || invalid_data(format!("malformed history key {tree_key:?}"));
+    let Some((&HISTORY_PREFIX, rest)) = tree_key.split_first() else {
+        return Err(malformed());
+    };
+    let Some((revision_bytes, user_key)) = rest.split_first_chunk::<8>() else {
+        return Err(malformed());
+    };
+    let revision = i64::from_be_bytes(*revision_bytes);
+    if revision <= REVISION_INITIAL {
+        return Err(malformed());
+    }
+    Ok((revision, user_key))
+}
+
+/// One version of a key in the [`HistoryIndex`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Version {
+    revision: i64,
+    /// Whether this version deleted the key.
+    tombstone: bool,
+}
+
+/// Per user key, every version the history holds, oldest first: where to find a key's past
+/// versions in the tree without scanning it. Rebuilt from the tree on open and on restore, and
+/// changed only with the history entries themselves, under the write gate.
+type HistoryIndex = BTreeMap<Vec<u8>, Vec<Version>>;
+
+/// Whether a history value is a tombstone; an error for a value that is neither kind.
+fn is_tombstone(user_key: &[u8], entry: &[u8]) -> io::Result<bool> {
+    match entry.split_first() {
+        Some((&HISTORY_PUT, _)) => Ok(false),
+        Some((&HISTORY_TOMBSTONE, [])) => Ok(true),
+        _ => Err(invalid_data(format!(
+            "malformed history value of key {user_key:?}"
+        ))),
+    }
+}
+
+/// Records in `index` the history write `tree_key` -> `value` (`None`: removed by a compaction).
+/// Keys and values are the key space's own, checked when written: a malformed one is a bug.
+fn index_history_write(index: &mut HistoryIndex, tree_key: &[u8], value: Option<&[u8]>) {
+    let (revision, user_key) =
+        parse_history_key(tree_key).expect("the key space writes well-formed history keys");
+    match value {
+        Some(entry) => {
+            let tombstone = is_tombstone(user_key, entry)
+                .expect("the key space writes well-formed history values");
+            let versions = index.entry(user_key.to_vec()).or_default();
+            assert!(
+                versions.last().is_none_or(|last| last.revision < revision),
+                "a new version of {user_key:?} at {revision} is not the newest"
+            );
+            versions.push(Version {
+                revision,
+                tombstone,
+            });
+        }
+        // Not indexed: written and compacted away by the same apply, never in the index.
+        None => {
+            let Some(versions) = index.get_mut(user_key) else {
+                return;
+            };
+            if let Ok(at) = versions.binary_search_by_key(&revision, |version| version.revision) {
+                versions.remove(at);
+            }
+            if versions.is_empty() {
+                index.remove(user_key);
+            }
+        }
+    }
 }
 
 fn encode_meta(value: i64) -> Vec<u8> {
@@ -439,12 +557,13 @@ impl KeyRange {
         (live_key(&self.start), high)
     }
 
-    fn history_bounds(&self) -> (Vec<u8>, Vec<u8>) {
+    /// The range as bounds over user keys (the [`HistoryIndex`]'s keys).
+    fn user_key_bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
         let high = match &self.end {
-            Some(end) => history_key_prefix(end),
-            None => vec![HISTORY_PREFIX + 1],
+            Some(end) => Bound::Excluded(end.as_slice()),
+            None => Bound::Unbounded,
         };
-        (history_key_prefix(&self.start), high)
+        (Bound::Included(self.start.as_slice()), high)
     }
 }
 
@@ -533,11 +652,106 @@ impl View<'_> {
         }
     }
 
-    /// Visits every entry the tree holds once all applied writes are in it (meta, history,
-    /// extras; never a live entry), in key order.
-    fn scan_dump(&self, mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>) -> io::Result<()> {
-        self.scan(&[META_PREFIX], &[LIVE_PREFIX], &mut visit)?;
-        self.scan(&[HISTORY_PREFIX], &[EXTRA_PREFIX + 1], &mut visit)
+    /// Visits the history of every key in `range` (`None`: every key), in key order: its
+    /// versions oldest first, as the index holds them with the history writes of the overlay
+    /// (this apply's own) laid over it.
+    fn versions(
+        &self,
+        range: Option<&KeyRange>,
+        mut visit: impl FnMut(&[u8], &[Version]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let bounds = range.map_or((Bound::Unbounded, Bound::Unbounded), |range| {
+            range.user_key_bounds()
+        });
+        let in_range = |user_key: &[u8]| {
+            range.is_none_or(|_| RangeBounds::<[u8]>::contains(&bounds, user_key))
+        };
+        // This apply's history writes: few, and usually none.
+        let mut written: BTreeMap<&[u8], Vec<(i64, PendingWrite)>> = BTreeMap::new();
+        for (tree_key, value) in self
+            .overlay
+            .range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1])
+        {
+            let (revision, user_key) = parse_history_key(tree_key)?;
+            if in_range(user_key) {
+                written
+                    .entry(user_key)
+                    .or_default()
+                    .push((revision, value.clone()));
+            }
+        }
+        let mut indexed = self.memory.index.range::<[u8], _>(bounds).peekable();
+        let mut written = written.into_iter().peekable();
+        loop {
+            let take_indexed = match (indexed.peek(), written.peek()) {
+                (None, None) => return Ok(()),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((indexed_key, _)), Some((written_key, _))) => {
+                    indexed_key.as_slice() < *written_key
+                }
+            };
+            if take_indexed {
+                let (user_key, versions) = indexed.next().expect("peeked");
+                visit(user_key, versions)?;
+                continue;
+            }
+            let (user_key, writes) = written.next().expect("peeked");
+            let mut versions = match indexed.next_if(|(key, _)| key.as_slice() == user_key) {
+                Some((_, versions)) => versions.clone(),
+                None => Vec::new(),
+            };
+            for (revision, value) in writes {
+                let at = versions.partition_point(|version| version.revision < revision);
+                let existing = versions.get(at).is_some_and(|v| v.revision == revision);
+                match value {
+                    Some(entry) => {
+                        let version = Version {
+                            revision,
+                            tombstone: is_tombstone(user_key, &entry)?,
+                        };
+                        if existing {
+                            versions[at] = version;
+                        } else {
+                            versions.insert(at, version);
+                        }
+                    }
+                    None if existing => {
+                        versions.remove(at);
+                    }
+                    None => {}
+                }
+            }
+            if !versions.is_empty() {
+                visit(user_key, &versions)?;
+            }
+        }
+    }
+
+    /// The history value of `user_key`'s version at `revision`, which the index holds: missing
+    /// from the tree, it is damage.
+    fn history_entry(&self, user_key: &[u8], revision: i64) -> io::Result<Vec<u8>> {
+        self.get(&history_key(revision, user_key))?.ok_or_else(|| {
+            invalid_data(format!(
+                "history entry of key {user_key:?} at revision {revision} is missing"
+            ))
+        })
+    }
+
+    /// Visits every history entry with a revision at or below `revision` as a dump holds it
+    /// (`0x02` layout: by key, then revision).
+    fn scan_history_as_dump(
+        &self,
+        revision: i64,
+        mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.versions(None, |user_key, versions| {
+            for version in versions.iter().take_while(|v| v.revision <= revision) {
+                let entry = self.history_entry(user_key, version.revision)?;
+                visit(&dump_key(user_key, version.revision), &entry)?;
+            }
+            Ok(())
+        })
     }
 
     fn get_live(&self, user_key: &[u8]) -> io::Result<Option<KeyValue>> {
@@ -560,44 +774,30 @@ impl View<'_> {
     }
 
     /// Visits (user key, encoded [`StoredValue`]) of every key of `range` that existed at
-    /// `revision`: per key, the newest history entry at or below `revision`, unless a tombstone.
+    /// `revision`: per key, its newest version at or below `revision`, unless a tombstone.
     fn scan_at(
         &self,
         range: &KeyRange,
         revision: i64,
         mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
     ) -> io::Result<()> {
-        let (low, high) = range.history_bounds();
-        // Entries of one key arrive together, oldest first: remember the newest one <= revision
-        // and hand it over when the next key starts.
-        let mut current_key: Option<Vec<u8>> = None;
-        let mut newest: Option<Vec<u8>> = None;
-        let mut flush = |key: &Option<Vec<u8>>, newest: &mut Option<Vec<u8>>| -> io::Result<()> {
-            if let (Some(key), Some(entry)) = (key, newest.take()) {
-                match entry.split_first() {
-                    Some((&HISTORY_PUT, stored)) => visit(key, stored)?,
-                    Some((&HISTORY_TOMBSTONE, [])) => {}
-                    _ => {
-                        return Err(invalid_data(format!(
-                            "malformed history value of key {key:?}"
-                        )));
-                    }
-                }
+        self.versions(Some(range), |user_key, versions| {
+            let at_or_below = versions.partition_point(|version| version.revision <= revision);
+            let Some(newest) = at_or_below.checked_sub(1).map(|index| versions[index]) else {
+                return Ok(());
+            };
+            if newest.tombstone {
+                return Ok(());
             }
-            Ok(())
-        };
-        self.scan(&low, &high, |tree_key, entry| {
-            let (user_key, mod_revision) = parse_history_key(tree_key)?;
-            if current_key.as_deref() != Some(user_key.as_slice()) {
-                flush(&current_key, &mut newest)?;
-                current_key = Some(user_key);
+            let entry = self.history_entry(user_key, newest.revision)?;
+            match entry.split_first() {
+                Some((&HISTORY_PUT, stored)) => visit(user_key, stored),
+                _ => Err(invalid_data(format!(
+                    "history entry of key {user_key:?} at revision {} is not a put",
+                    newest.revision
+                ))),
             }
-            if mod_revision <= revision {
-                newest = Some(entry.to_vec());
-            }
-            Ok(())
-        })?;
-        flush(&current_key, &mut newest)
+        })
     }
 }
 
@@ -936,7 +1136,7 @@ impl Apply<'_> {
             "written version {kv:?}"
         );
         let live = live_key(&kv.key);
-        let history = history_key(&kv.key, kv.mod_revision);
+        let history = history_key(kv.mod_revision, &kv.key);
         let stored = encode(&StoredValue::from_key_value(kv))?;
         let mut history_value = Vec::with_capacity(1 + stored.len());
         history_value.push(HISTORY_PUT);
@@ -950,7 +1150,7 @@ impl Apply<'_> {
     fn write_tombstone(&mut self, user_key: &[u8]) {
         self.write(live_key(user_key), None);
         self.write(
-            history_key(user_key, self.write_revision()),
+            history_key(self.write_revision(), user_key),
             Some(vec![HISTORY_TOMBSTONE]),
         );
         self.changed = true;
@@ -1084,8 +1284,9 @@ impl Apply<'_> {
         }))
     }
 
-    /// Drops history older than `revision` (ETCD_WIRE.md 3.6). Holds the keys to remove in memory:
-    /// one entry per dropped version.
+    /// Drops history older than `revision` (ETCD_WIRE.md 3.6): per key, every version below its
+    /// newest at or below `revision`, and that one too if a tombstone. Found in the index, without
+    /// reading the tree; holds the keys to remove in memory: one entry per dropped version.
     fn compact(&mut self, revision: i64) -> io::Result<Result<(), KvError>> {
         if revision <= self.compact_revision {
             return Ok(Err(KvError::Compacted));
@@ -1094,33 +1295,21 @@ impl Apply<'_> {
             return Ok(Err(KvError::FutureRevision));
         }
         let mut dropped = Vec::new();
-        // Per key, the newest entry at or below `revision` seen so far: (tree key, is tombstone).
-        let mut newest: Option<(Vec<u8>, bool)> = None;
-        let mut current_key: Option<Vec<u8>> = None;
-        self.view().scan(
-            &[HISTORY_PREFIX],
-            &[HISTORY_PREFIX + 1],
-            |tree_key, entry| {
-                let (user_key, mod_revision) = parse_history_key(tree_key)?;
-                if current_key.as_deref() != Some(user_key.as_slice()) {
-                    // The newest version <= revision of the previous key stays, unless a tombstone.
-                    if let Some((kept, true)) = newest.take() {
-                        dropped.push(kept);
-                    }
-                    current_key = Some(user_key);
-                }
-                if mod_revision <= revision {
-                    if let Some((older, _)) = newest.take() {
-                        dropped.push(older);
-                    }
-                    newest = Some((tree_key.to_vec(), entry == [HISTORY_TOMBSTONE]));
-                }
-                Ok(())
-            },
-        )?;
-        if let Some((kept, true)) = newest.take() {
-            dropped.push(kept);
-        }
+        self.view().versions(None, |user_key, versions| {
+            let at_or_below = versions.partition_point(|version| version.revision <= revision);
+            let Some(newest) = at_or_below.checked_sub(1) else {
+                return Ok(());
+            };
+            let drop_to = if versions[newest].tombstone {
+                at_or_below
+            } else {
+                newest
+            };
+            for version in &versions[..drop_to] {
+                dropped.push(history_key(version.revision, user_key));
+            }
+            Ok(())
+        })?;
         for tree_key in dropped {
             self.write(tree_key, None);
         }
@@ -1173,6 +1362,7 @@ const PERSIST_AFTER: Duration = Duration::from_millis(50);
 #[derive(Default)]
 struct Memory {
     live: LiveMap,
+    index: HistoryIndex,
     /// Tree writes of applied batches, not yet handed to sled, in the order of precedence: newer
     /// than `persisting`.
     pending: Overlay,
@@ -1206,10 +1396,8 @@ impl KeySpace {
     /// Opens (or creates) the key space in `tree`: revision 1 and compact revision 0 when empty.
     pub fn open(tree: sled::Tree) -> io::Result<KeySpace> {
         drop_stored_live_entries(&tree)?;
-        let live = live_from_history(
-            tree.range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1])
-                .map(|entry| entry.map_err(sled_error)),
-        )?;
+        move_history_to_revision_order(&tree)?;
+        let (live, index) = load_history(tree_history(&tree))?;
         let loaded = Loaded::new(
             tree.get(META_REVISION_KEY).map_err(sled_error)?.as_deref(),
             tree.get(META_COMPACT_REVISION_KEY)
@@ -1221,6 +1409,7 @@ impl KeySpace {
             tree,
             gate: RwLock::new(Memory {
                 live,
+                index,
                 ..Memory::default()
             }),
             persisting: Mutex::new(()),
@@ -1342,13 +1531,20 @@ impl KeySpace {
         // Everything this batch changes becomes visible at once: readers wait on the gate.
         let memory = &mut *gate;
         for (key, value) in overlay {
-            if key.first() == Some(&LIVE_PREFIX) {
-                match value {
-                    Some(value) => memory.live.insert(key, value),
-                    None => memory.live.remove(&key),
-                };
-            } else {
-                memory.pending.insert(key, value);
+            match key.first() {
+                Some(&LIVE_PREFIX) => {
+                    match value {
+                        Some(value) => memory.live.insert(key, value),
+                        None => memory.live.remove(&key),
+                    };
+                }
+                Some(&HISTORY_PREFIX) => {
+                    index_history_write(&mut memory.index, &key, value.as_deref());
+                    memory.pending.insert(key, value);
+                }
+                _ => {
+                    memory.pending.insert(key, value);
+                }
             }
         }
         memory.pending.extend(extra);
@@ -1473,8 +1669,8 @@ impl KeySpace {
     }
 
     /// etcd's HashKV: a CRC-32C over every stored version with a revision at or below
-    /// `revision` (<= 0: the current one), in key order. Equal on every replica that applied that
-    /// revision, because the tree's bytes are. Returns (hash, compact revision, hashed revision).
+    /// `revision` (<= 0: the current one), in key order, as a dump holds them. Equal on every
+    /// replica that applied that revision, because the history's bytes are. Returns (hash, compact revision, hashed revision).
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), KvError> {
         let memory = self.read_gate();
         let current = self.revision();
@@ -1487,18 +1683,14 @@ impl KeySpace {
             return Err(KvError::Compacted);
         }
         let mut crc = Crc32c::default();
-        let hashed = self.view(&memory, &Overlay::new()).scan(
-            &[HISTORY_PREFIX],
-            &[HISTORY_PREFIX + 1],
-            |tree_key, value| {
-                let (_, mod_revision) = parse_history_key(tree_key)?;
-                if mod_revision <= at {
-                    crc.update(tree_key);
+        // Over the dump's layout, which every version of QuorumDB hashes alike.
+        let hashed =
+            self.view(&memory, &Overlay::new())
+                .scan_history_as_dump(at, |dump_key, value| {
+                    crc.update(dump_key);
                     crc.update(value);
-                }
-                Ok(())
-            },
-        );
+                    Ok(())
+                });
         if let Err(error) = hashed {
             panic!("the key space cannot be read: {error}");
         }
@@ -1530,9 +1722,9 @@ impl KeySpace {
         Ok(entries)
     }
 
-    /// Every entry of the tree (history, meta and extras) as it stands once every applied write
-    /// is in it, read under the gate: a consistent copy for a snapshot, accepted as is by
-    /// [`KeySpace::restore`].
+    /// Every entry of the tree (meta, history, extras) as it stands once every applied write is
+    /// in it, read under the gate, with the history in the dump's layout (by key, then revision):
+    /// a consistent copy for a snapshot, accepted as is by [`KeySpace::restore`].
     pub fn dump(&self) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.dump_with_revisions().map(|dump| dump.entries)
     }
@@ -1545,10 +1737,13 @@ impl KeySpace {
         let no_writes = Overlay::new();
         let view = self.view(&memory, &no_writes);
         let mut entries = Vec::new();
-        view.scan_dump(|key, value| {
+        let mut push = |key: &[u8], value: &[u8]| {
             entries.push((key.to_vec(), value.to_vec()));
             Ok(())
-        })?;
+        };
+        view.scan(&[META_PREFIX], &[LIVE_PREFIX], &mut push)?;
+        view.scan_history_as_dump(revision, &mut push)?;
+        view.scan(&[EXTRA_PREFIX], &[EXTRA_PREFIX + 1], &mut push)?;
         Ok(RevisionedDump {
             entries,
             revision,
@@ -1591,6 +1786,7 @@ impl KeySpace {
             extra.push((key.to_vec(), value.to_vec()));
             Ok(())
         })?;
+        let index = memory.index.clone();
         *self
             .history_readers
             .lock()
@@ -1600,6 +1796,7 @@ impl KeySpace {
             keyspace: self.clone(),
             revision,
             meta,
+            index,
             extra,
         })
     }
@@ -1618,7 +1815,7 @@ impl KeySpace {
     /// A dump from before the live entries moved to memory also holds them (prefix
     /// [`LIVE_PREFIX`]): they are checked like the rest and left out, as the history rebuilds them.
     pub fn restore(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> io::Result<()> {
-        let (loaded, restored_live) = check_entries(&entries)?;
+        let (loaded, restored_live, restored_index) = check_entries(&entries)?;
         let _no_persist_in_flight = self
             .persisting
             .lock()
@@ -1631,14 +1828,20 @@ impl KeySpace {
         }
         // A batch keeps the last write per key, so a restored key's insert wins over its removal.
         for (key, value) in entries {
-            if key.first() != Some(&LIVE_PREFIX) {
-                batch.insert(key, value);
+            match key.first() {
+                Some(&LIVE_PREFIX) => {}
+                Some(&DUMP_HISTORY_PREFIX) => {
+                    let (user_key, revision) = parse_dump_key(&key)?;
+                    batch.insert(history_key(revision, &user_key), value);
+                }
+                _ => batch.insert(key, value),
             }
         }
         self.tree.apply_batch(batch).map_err(sled_error)?;
         // What was applied before the restore but never handed to sled is replaced too.
         *memory = Memory {
             live: restored_live,
+            index: restored_index,
             ..Memory::default()
         };
         self.revision.store(loaded.revision, Ordering::Release);
@@ -1659,45 +1862,80 @@ impl KeySpace {
     }
 }
 
-/// The live entries as the history defines them: per user key, its newest history entry unless
-/// that is a tombstone. `history` yields history entries in tree order.
-fn live_from_history<K, V>(history: impl Iterator<Item = io::Result<(K, V)>>) -> io::Result<LiveMap>
-where
-    K: AsRef<[u8]>,
-    V: AsRef<[u8]>,
-{
+/// The live entries and the history index as the history defines them: per user key, its newest
+/// version unless that is a tombstone, and all its versions. `history` yields (user key, revision,
+/// history value) with the versions of each key oldest first: in the tree's order (by revision)
+/// or a dump's (by key).
+fn load_history<V: AsRef<[u8]>>(
+    history: impl Iterator<Item = io::Result<(Vec<u8>, i64, V)>>,
+) -> io::Result<(LiveMap, HistoryIndex)> {
     let mut live = LiveMap::new();
-    // Entries of one key arrive together, oldest first: the last one seen is the newest.
-    let mut newest: Option<(Vec<u8>, V)> = None;
-    let mut keep = |user_key: Vec<u8>, entry: V| -> io::Result<()> {
-        match entry.as_ref().split_first() {
-            Some((&HISTORY_PUT, stored)) => {
-                decode_key_value(&user_key, stored)?;
-                live.insert(live_key(&user_key), stored.to_vec());
-            }
-            Some((&HISTORY_TOMBSTONE, [])) => {}
-            _ => {
+    let mut index = HistoryIndex::new();
+    for entry in history {
+        let (user_key, revision, value) = entry?;
+        let value = value.as_ref();
+        let tombstone = is_tombstone(&user_key, value)?;
+        if tombstone {
+            live.remove(&live_key(&user_key));
+        } else {
+            let stored = &value[1..];
+            let kv = decode_key_value(&user_key, stored)?;
+            if kv.mod_revision != revision {
                 return Err(invalid_data(format!(
-                    "malformed history value of key {user_key:?}"
+                    "history entry of key {user_key:?} at revision {revision} holds mod revision {}",
+                    kv.mod_revision
                 )));
             }
+            live.insert(live_key(&user_key), stored.to_vec());
         }
-        Ok(())
-    };
-    for entry in history {
-        let (tree_key, value) = entry?;
-        let (user_key, _) = parse_history_key(tree_key.as_ref())?;
-        if let Some((previous_key, previous_entry)) = newest.take()
-            && previous_key != user_key
+        let versions = index.entry(user_key).or_default();
+        if versions
+            .last()
+            .is_some_and(|last| last.revision >= revision)
         {
-            keep(previous_key, previous_entry)?;
+            return Err(invalid_data(format!(
+                "history entry at revision {revision} out of order"
+            )));
         }
-        newest = Some((user_key, value));
+        versions.push(Version {
+            revision,
+            tombstone,
+        });
     }
-    if let Some((user_key, entry)) = newest {
-        keep(user_key, entry)?;
+    Ok((live, index))
+}
+
+/// The tree's history entries as [`load_history`] takes them.
+fn tree_history(tree: &sled::Tree) -> impl Iterator<Item = io::Result<(Vec<u8>, i64, sled::IVec)>> {
+    tree.range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1])
+        .map(|entry| {
+            let (tree_key, value) = entry.map_err(sled_error)?;
+            let (revision, user_key) = parse_history_key(&tree_key)?;
+            Ok((user_key.to_vec(), revision, value))
+        })
+}
+
+/// Moves the history of a tree written by an earlier version, which kept it by key (the dump's
+/// layout), to the revision order, in one batch.
+fn move_history_to_revision_order(tree: &sled::Tree) -> io::Result<()> {
+    let mut batch = sled::Batch::default();
+    let mut moved = 0usize;
+    for entry in tree.scan_prefix([DUMP_HISTORY_PREFIX]) {
+        let (key, value) = entry.map_err(sled_error)?;
+        let (user_key, revision) = parse_dump_key(&key)?;
+        batch.insert(history_key(revision, &user_key), value);
+        batch.remove(key);
+        moved += 1;
     }
-    Ok(live)
+    if moved > 0 {
+        tree.apply_batch(batch).map_err(sled_error)?;
+        tree.flush().map_err(sled_error)?;
+        tracing::info!(
+            moved,
+            "key space: history of an earlier layout moved to revision order"
+        );
+    }
+    Ok(())
 }
 
 /// Removes the live entries a tree written before they moved to memory still holds, in one
@@ -1723,7 +1961,7 @@ fn drop_stored_live_entries(tree: &sled::Tree) -> io::Result<()> {
 /// Checks a dump before it replaces the tree: known prefixes, well-formed keys and values, history
 /// entries in tree order, and no version newer than the stored revision. Returns what it holds
 /// and the live entries its history defines.
-fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, LiveMap)> {
+fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, LiveMap, HistoryIndex)> {
     let mut revision = None;
     let mut compact_revision = None;
     let mut newest_mod_revision = REVISION_INITIAL;
@@ -1739,12 +1977,12 @@ fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, LiveMap)
                 let kv = decode_key_value(&key[1..], value)?;
                 newest_mod_revision = newest_mod_revision.max(kv.mod_revision);
             }
-            Some(&HISTORY_PREFIX) => {
-                let (_, mod_revision) = parse_history_key(key)?;
+            Some(&DUMP_HISTORY_PREFIX) => {
+                let (_, mod_revision) = parse_dump_key(key)?;
                 newest_mod_revision = newest_mod_revision.max(mod_revision);
                 if history
                     .last()
-                    .is_some_and(|(last, _)| *last >= key.as_slice())
+                    .is_some_and(|(last, ..)| *last >= key.as_slice())
                 {
                     return Err(invalid_data(format!(
                         "history entry {key:?} out of order in a key space dump"
@@ -1760,7 +1998,10 @@ fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, LiveMap)
             }
         }
     }
-    let live = live_from_history(history.into_iter().map(Ok))?;
+    let (live, index) = load_history(history.into_iter().map(|(key, value)| {
+        let (user_key, revision) = parse_dump_key(key)?;
+        Ok((user_key, revision, value))
+    }))?;
     let loaded = Loaded::new(revision, compact_revision, live.len())?;
     if newest_mod_revision > loaded.revision {
         return Err(invalid_data(format!(
@@ -1768,7 +2009,7 @@ fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, LiveMap)
             loaded.revision
         )));
     }
-    Ok((loaded, live))
+    Ok((loaded, live, index))
 }
 
 #[cfg(test)]
@@ -2264,7 +2505,7 @@ pub(crate) mod tests {
         let history_entries = |keyspace: &KeySpace| {
             let dump = keyspace.dump().expect("dump");
             dump.iter()
-                .filter(|(key, _)| key[0] == HISTORY_PREFIX)
+                .filter(|(key, _)| key[0] == DUMP_HISTORY_PREFIX)
                 .count()
         };
         assert_eq!(history_entries(&keyspace), 6);
@@ -2773,9 +3014,9 @@ pub(crate) mod tests {
         let mut encoded = Vec::new();
         for key in awkward_keys() {
             for revision in [2, 3, 255, 256, 1 << 40] {
-                let tree_key = history_key(&key, revision);
+                let tree_key = dump_key(&key, revision);
                 assert_eq!(
-                    parse_history_key(&tree_key).expect("parse"),
+                    parse_dump_key(&tree_key).expect("parse"),
                     (key.clone(), revision)
                 );
                 encoded.push(tree_key);
@@ -2785,8 +3026,8 @@ pub(crate) mod tests {
         let mut sorted = encoded.clone();
         sorted.sort();
         assert_eq!(sorted, encoded);
-        assert!(parse_history_key(&[HISTORY_PREFIX, 0x00, 0x01]).is_err());
-        assert!(parse_history_key(&[HISTORY_PREFIX, b'a', 0x00, 0x00, 1]).is_err());
+        assert!(parse_dump_key(&[DUMP_HISTORY_PREFIX, 0x00, 0x01]).is_err());
+        assert!(parse_dump_key(&[DUMP_HISTORY_PREFIX, b'a', 0x00, 0x00, 1]).is_err());
     }
 
     #[test]
@@ -2969,12 +3210,7 @@ pub(crate) mod tests {
         compaction
             .join()
             .expect("the compaction finishes once the dump is dropped");
-        let history = keyspace
-            .dump()
-            .expect("dump")
-            .into_iter()
-            .filter(|(key, _)| key[0] == HISTORY_PREFIX)
-            .count();
+        let history = keyspace.tree.scan_prefix([HISTORY_PREFIX]).count();
         // a, c, d at their newest version; b's deletion removed it entirely.
         assert_eq!(history, 3, "the compaction reached sled");
     }
@@ -2987,7 +3223,7 @@ pub(crate) mod tests {
         let mut unknown_prefix = before.clone();
         unknown_prefix.push((vec![0x7F, 1], vec![1]));
         let mut ahead_of_revision = before.clone();
-        ahead_of_revision.push((history_key(b"k", 9), vec![HISTORY_TOMBSTONE]));
+        ahead_of_revision.push((dump_key(b"k", 9), vec![HISTORY_TOMBSTONE]));
         let mut bad_meta = before.clone();
         bad_meta.push((META_COMPACT_REVISION_KEY.to_vec(), encode_meta(3)));
         for dump in [unknown_prefix, ahead_of_revision, bad_meta] {
@@ -3134,8 +3370,8 @@ pub(crate) mod tests {
             .dump()
             .expect("dump")
             .into_iter()
-            .filter(|(key, _)| key[0] == HISTORY_PREFIX)
-            .map(|(key, _)| parse_history_key(&key).expect("parse"))
+            .filter(|(key, _)| key[0] == DUMP_HISTORY_PREFIX)
+            .map(|(key, _)| parse_dump_key(&key).expect("parse"))
             .collect();
         assert_eq!(history, vec![(b"k".to_vec(), 5)]);
     }
@@ -3308,27 +3544,34 @@ pub(crate) mod tests {
         }
     }
 
-    /// The in-memory live entries equal what the tree's history defines (as a reopen rebuilds
-    /// them), and the tree itself stores no live entry.
+    /// The in-memory live entries and history index equal what the tree's history defines (as a
+    /// reopen rebuilds them), and the tree itself stores no live entry and no history in the
+    /// dump's layout.
     fn assert_live_map_is_the_history(keyspace: &KeySpace) {
         keyspace.persist().expect("persist");
         let memory = keyspace.read_gate();
-        let rebuilt = live_from_history(
-            keyspace
-                .tree
-                .range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1])
-                .map(|entry| entry.map_err(sled_error)),
-        )
-        .expect("rebuild");
-        assert_eq!(memory.live, rebuilt);
+        let (live, index) = load_history(tree_history(&keyspace.tree)).expect("rebuild");
+        assert_eq!(memory.live, live);
+        assert_eq!(memory.index, index);
         assert_eq!(keyspace.tree.scan_prefix([LIVE_PREFIX]).count(), 0);
+        assert_eq!(keyspace.tree.scan_prefix([DUMP_HISTORY_PREFIX]).count(), 0);
     }
 
-    /// Writes the live entries into the tree as the layout before they moved to memory did.
-    fn store_live_entries_as_the_earlier_layout(keyspace: &KeySpace) {
+    /// Rewrites the tree as the earlier layouts kept it: the live entries stored, and the history
+    /// by key, then revision (the dump's layout).
+    fn store_as_the_earlier_layout(keyspace: &KeySpace) {
         keyspace.persist().expect("persist");
+        let dump = keyspace.dump().expect("dump");
         let memory = keyspace.read_gate();
         let mut batch = sled::Batch::default();
+        for key in keyspace.tree.scan_prefix([HISTORY_PREFIX]).keys() {
+            batch.remove(key.expect("history key"));
+        }
+        for (key, value) in &dump {
+            if key.first() == Some(&DUMP_HISTORY_PREFIX) {
+                batch.insert(key.as_slice(), value.as_slice());
+            }
+        }
         for (key, value) in memory.live.iter() {
             batch.insert(key.as_slice(), value.as_slice());
         }
@@ -3350,7 +3593,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_tree_of_the_earlier_layout_opens_with_the_same_reads_and_its_live_entries_dropped() {
+    fn a_tree_of_the_earlier_layouts_opens_with_the_same_reads_and_its_history_moved() {
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path().join("db");
         let before = {
@@ -3362,10 +3605,13 @@ pub(crate) mod tests {
             run(&keyspace, delete(b"a", b"b"));
             run(&keyspace, put(b"a", b"again"));
             run(&keyspace, Command::Compact { revision: 5 });
-            store_live_entries_as_the_earlier_layout(&keyspace);
+            let reads = (every_read(&keyspace), keyspace.live_key_count());
+            store_as_the_earlier_layout(&keyspace);
             assert!(keyspace.tree.scan_prefix([LIVE_PREFIX]).count() > 0);
+            assert!(keyspace.tree.scan_prefix([DUMP_HISTORY_PREFIX]).count() > 0);
+            assert_eq!(keyspace.tree.scan_prefix([HISTORY_PREFIX]).count(), 0);
             db.flush().expect("flush");
-            (every_read(&keyspace), keyspace.live_key_count())
+            reads
         };
         let db = open_when_released(&path);
         let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("reopen");
@@ -3379,7 +3625,9 @@ pub(crate) mod tests {
         put_every_awkward_key(&source);
         run(&source, delete(b"\0", b"a"));
         let dump = source.dump().expect("dump");
-        store_live_entries_as_the_earlier_layout(&source);
+        let reads = every_read(&source);
+        // The source's tree no longer matches its memory from here on: only its entries are used.
+        store_as_the_earlier_layout(&source);
         let earlier_dump = source.tree.iter().map(|entry| {
             let (key, value) = entry.expect("entry");
             (key.to_vec(), value.to_vec())
@@ -3390,7 +3638,7 @@ pub(crate) mod tests {
         let target = open_temporary();
         target.restore(earlier_dump).expect("restore");
         assert_eq!(target.dump().expect("dump"), dump);
-        assert_eq!(every_read(&target), every_read(&source));
+        assert_eq!(every_read(&target), reads);
         assert_eq!(target.live_key_count(), source.live_key_count());
         assert_live_map_is_the_history(&target);
     }
@@ -3480,7 +3728,7 @@ pub(crate) mod tests {
         run(&source, put(b"b", b"1"));
         let mut dump = source.dump().expect("dump");
         let history: Vec<usize> = (0..dump.len())
-            .filter(|&i| dump[i].0.first() == Some(&HISTORY_PREFIX))
+            .filter(|&i| dump[i].0.first() == Some(&DUMP_HISTORY_PREFIX))
             .collect();
         dump.swap(history[0], history[1]);
 
