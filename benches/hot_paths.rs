@@ -7,8 +7,8 @@
 //! ```
 //!
 //! - `keyspace_apply_put/N`: one `KeySpace::apply` of N Put commands, then `KeySpace::persist`
-//!   (their one sled batch, no flush), over 10,000 keys drawn at random so most puts overwrite a key and keep a
-//!   version. The state machine hands several applies to sled in one batch; one batch per apply,
+//!   (their one sled batch, no flush), over 10,000 keys drawn at random so most puts overwrite a
+//!   key and keep a version. The state machine hands several applies to sled in one batch; one batch per apply,
 //!   as here, is the cost when writes are rare.
 //! - `log_append_flush/N`: one `append` of N entries, timed until its callback reports them
 //!   durable: ONE flush covers the whole batch, which is the group-commit path.

@@ -186,12 +186,7 @@ impl FrozenDump {
                     .tree
                     .get(history_key(version.revision, user_key))
                     .map_err(sled_error)?
-                    .ok_or_else(|| {
-                        invalid_data(format!(
-                            "history entry of key {user_key:?} at revision {} is missing",
-                            version.revision
-                        ))
-                    })?;
+                    .ok_or_else(|| missing_history_entry(user_key, version.revision))?;
                 visit(&dump_key(user_key, version.revision), &entry)?;
             }
         }
@@ -380,7 +375,7 @@ fn dump_key(user_key: &[u8], revision: i64) -> Vec<u8> {
     key
 }
 
-/// The inverse of [`history_key`]: (user key, mod revision).
+/// The inverse of [`dump_key`]: (user key, mod revision).
 fn parse_dump_key(tree_key: &[u8]) -> io::Result<(Vec<u8>, i64)> {
     let malformed = || invalid_data(format!("malformed history key {tree_key:?}"));
     if tree_key.first() != Some(&DUMP_HISTORY_PREFIX) {
@@ -444,6 +439,13 @@ fn parse_history_key(tree_key: &[u8]) -> io::Result<(i64, &[u8])> {
     Ok((revision, user_key))
 }
 
+/// A version the history index holds that the tree does not: damage.
+fn missing_history_entry(user_key: &[u8], revision: i64) -> io::Error {
+    invalid_data(format!(
+        "history entry of key {user_key:?} at revision {revision} is missing"
+    ))
+}
+
 /// One version of a key in the [`HistoryIndex`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Version {
@@ -477,15 +479,20 @@ fn index_history_write(index: &mut HistoryIndex, tree_key: &[u8], value: Option<
         Some(entry) => {
             let tombstone = is_tombstone(user_key, entry)
                 .expect("the key space writes well-formed history values");
-            let versions = index.entry(user_key.to_vec()).or_default();
+            let version = Version {
+                revision,
+                tombstone,
+            };
+            // Looked up by slice first: a put to an existing key allocates no key.
+            let Some(versions) = index.get_mut(user_key) else {
+                index.insert(user_key.to_vec(), vec![version]);
+                return;
+            };
             assert!(
                 versions.last().is_none_or(|last| last.revision < revision),
                 "a new version of {user_key:?} at {revision} is not the newest"
             );
-            versions.push(Version {
-                revision,
-                tombstone,
-            });
+            versions.push(version);
         }
         // Not indexed: written and compacted away by the same apply, never in the index.
         None => {
@@ -663,9 +670,7 @@ impl View<'_> {
         let bounds = range.map_or((Bound::Unbounded, Bound::Unbounded), |range| {
             range.user_key_bounds()
         });
-        let in_range = |user_key: &[u8]| {
-            range.is_none_or(|_| RangeBounds::<[u8]>::contains(&bounds, user_key))
-        };
+        let in_range = |user_key: &[u8]| RangeBounds::<[u8]>::contains(&bounds, user_key);
         // This apply's history writes: few, and usually none.
         let mut written: BTreeMap<&[u8], Vec<(i64, PendingWrite)>> = BTreeMap::new();
         for (tree_key, value) in self
@@ -731,11 +736,8 @@ impl View<'_> {
     /// The history value of `user_key`'s version at `revision`, which the index holds: missing
     /// from the tree, it is damage.
     fn history_entry(&self, user_key: &[u8], revision: i64) -> io::Result<Vec<u8>> {
-        self.get(&history_key(revision, user_key))?.ok_or_else(|| {
-            invalid_data(format!(
-                "history entry of key {user_key:?} at revision {revision} is missing"
-            ))
-        })
+        self.get(&history_key(revision, user_key))?
+            .ok_or_else(|| missing_history_entry(user_key, revision))
     }
 
     /// Visits every history entry with a revision at or below `revision` as a dump holds it
@@ -1670,7 +1672,8 @@ impl KeySpace {
 
     /// etcd's HashKV: a CRC-32C over every stored version with a revision at or below
     /// `revision` (<= 0: the current one), in key order, as a dump holds them. Equal on every
-    /// replica that applied that revision, because the history's bytes are. Returns (hash, compact revision, hashed revision).
+    /// replica that applied that revision, because the history's bytes are. Returns (hash,
+    /// compact revision, hashed revision).
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), KvError> {
         let memory = self.read_gate();
         let current = self.revision();
@@ -1982,7 +1985,7 @@ fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, LiveMap,
                 newest_mod_revision = newest_mod_revision.max(mod_revision);
                 if history
                     .last()
-                    .is_some_and(|(last, ..)| *last >= key.as_slice())
+                    .is_some_and(|(last, _)| *last >= key.as_slice())
                 {
                     return Err(invalid_data(format!(
                         "history entry {key:?} out of order in a key space dump"
