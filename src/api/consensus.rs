@@ -29,14 +29,16 @@ use crate::codec::encode;
 use crate::limits::LEADER_WAIT_MS_MAX;
 use crate::limits::READ_INDEX_APPLY_WAIT_MS_MAX;
 use crate::limits::REQUEST_TIMEOUT_MS;
+use crate::network::ForwardFailure;
 use crate::network::ForwardWriteError;
-use crate::network::ForwardWriteReply;
+use crate::network::Forwarder;
 use crate::network::Peers;
 use crate::network::ReadIndexError;
 use crate::network::ReadIndexReply;
 use crate::network::membership::MembershipChange;
 use crate::network::membership::MembershipChanges;
 use crate::network::membership::MembershipError;
+use crate::network::never_delivered;
 use crate::pb::peer::RaftMessage;
 use crate::pb::peer::ReadIndexRequest;
 use crate::types::Command;
@@ -54,16 +56,7 @@ pub struct Consensus {
     pub(crate) raft: Raft,
     membership: MembershipChanges,
     peers: Peers,
-}
-
-/// A peer call failed in a way that proves the request was never delivered.
-fn never_delivered(status: &tonic::Status) -> bool {
-    crate::network::connection_refused(status)
-        || status.code() == tonic::Code::Unavailable
-            && (status.message().contains("cut by fault injection")
-            // The peer's name did not resolve (a container that is gone): no connection, so
-            // nothing was sent.
-            || status.message().contains("dns error"))
+    forwarder: Forwarder,
 }
 
 impl Consensus {
@@ -74,6 +67,7 @@ impl Consensus {
             id,
             raft: membership.raft().clone(),
             membership,
+            forwarder: Forwarder::new(peers.clone()),
             peers,
         }
     }
@@ -150,32 +144,20 @@ impl Consensus {
                 continue;
             }
 
-            let mut client = match self.peers.client(leader, &member.peer_url) {
-                Ok(client) => client,
-                Err(_) => {
-                    Self::pause(deadline).await?;
-                    continue;
+            let outcome = self
+                .forwarder
+                .write(leader, &member.peer_url, &command, deadline)
+                .await;
+            match outcome {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(ForwardWriteError::NotLeader { .. })) => Self::pause(deadline).await?,
+                Ok(Err(ForwardWriteError::Unknown(reason))) => {
+                    tracing::warn!(%reason, "forwarded write has an unknown outcome");
+                    return Err(ApiError::LeaderChanged);
                 }
-            };
-            let payload = encode(&command).map_err(|e| ApiError::Internal(e.to_string()))?;
-            let timeout = deadline.saturating_duration_since(Instant::now());
-            let request = self.peers.request(RaftMessage { payload }, timeout);
-            match client.forward_write(request).await {
-                Ok(response) => {
-                    let reply: ForwardWriteReply = decode(&response.into_inner().payload)
-                        .map_err(|e| ApiError::Internal(e.to_string()))?;
-                    match reply {
-                        Ok(response) => return Ok(response),
-                        Err(ForwardWriteError::NotLeader { .. }) => Self::pause(deadline).await?,
-                        Err(ForwardWriteError::Unknown(reason)) => {
-                            tracing::warn!(%reason, "forwarded write has an unknown outcome");
-                            return Err(ApiError::LeaderChanged);
-                        }
-                    }
-                }
-                Err(status) if never_delivered(&status) => Self::pause(deadline).await?,
-                Err(status) => {
-                    tracing::warn!(%status, "forwarded write failed in flight; outcome unknown");
+                Err(ForwardFailure::NeverDelivered(_)) => Self::pause(deadline).await?,
+                Err(ForwardFailure::Unknown(reason)) => {
+                    tracing::warn!(%reason, "forwarded write failed in flight; outcome unknown");
                     return Err(ApiError::Timeout);
                 }
             }
@@ -321,9 +303,9 @@ impl Consensus {
 mod tests {
     use std::time::Duration;
 
-    use super::never_delivered;
     use crate::network::Faults;
     use crate::network::Peers;
+    use crate::network::never_delivered;
     use crate::pb::peer::RaftMessage;
 
     /// Pins how tonic reports a refused connection: the write-retry decision depends on it, and

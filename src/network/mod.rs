@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! openraft core --RaftNetworkV2--> PeerConnection --gRPC quorumdb.raft.v1.Peer--> PeerService --> Raft
-//! api::Consensus --Peers::client--> ForwardWrite / ReadIndex on the leader
+//! api::Consensus --Forwarder--> ForwardWrites (one stream) on the leader
+//! api::Consensus --Peers::client--> ReadIndex on the leader
 //! ```
 //!
 //! Payloads are openraft's own serde types encoded with [`crate::codec`]; the proto only frames
@@ -12,6 +13,7 @@
 //! Must never: touch storage; decide anything about client semantics.
 
 mod faults;
+mod forward;
 pub mod membership;
 mod peers;
 mod raft_network;
@@ -20,6 +22,8 @@ mod server;
 
 pub use faults::FaultPlan;
 pub use faults::Faults;
+pub use forward::ForwardFailure;
+pub use forward::Forwarder;
 pub use peers::PeerUnreachable;
 pub use peers::Peers;
 pub use raft_network::PeerNetworkFactory;
@@ -37,6 +41,16 @@ pub(crate) fn connection_refused(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable
         && (status.message().contains("tcp connect error")
             || status.message().contains("Connection refused"))
+}
+
+/// A peer call failed in a way that proves the request was never delivered.
+pub(crate) fn never_delivered(status: &tonic::Status) -> bool {
+    connection_refused(status)
+        || status.code() == tonic::Code::Unavailable
+            && (status.message().contains("cut by fault injection")
+            // The peer's name did not resolve (a container that is gone): no connection, so
+            // nothing was sent.
+            || status.message().contains("dns error"))
 }
 
 /// gRPC metadata key carrying the sending node's id on every peer call.

@@ -55,6 +55,24 @@ pub enum ForwardWriteError {
 
 pub type ForwardWriteReply = Result<CommandResponse, ForwardWriteError>;
 
+/// Answers a forward stream may hold back while the follower reads slowly; a write finishing
+/// beyond them waits for room.
+const FORWARDED_ANSWERS_QUEUED: usize = 1024;
+
+/// Proposes a write a follower forwarded, and says what became of it.
+async fn run_forwarded_write(raft: &Raft, command: Command) -> ForwardWriteReply {
+    match raft.client_write(command).await {
+        Ok(response) => Ok(response.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ForwardWriteError::NotLeader {
+                leader: f.leader_id,
+            })
+        }
+        Err(RaftError::APIError(e)) => Err(ForwardWriteError::Unknown(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(ForwardWriteError::Unknown(e.to_string())),
+    }
+}
+
 /// Why the leader could not give a read index.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ReadIndexError {
@@ -408,17 +426,65 @@ impl Peer for PeerService {
     ) -> Result<Response<RaftMessage>, Status> {
         self.admit(&request)?;
         let command: Command = decode(&request.into_inner().payload).map_err(bad_payload)?;
-        let result: ForwardWriteReply = match self.raft.client_write(command).await {
-            Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ForwardWriteError::NotLeader {
-                    leader: f.leader_id,
-                })
+        reply(&run_forwarded_write(&self.raft, command).await)
+    }
+
+    type ForwardWritesStream = futures::stream::BoxStream<'static, Result<RaftMessage, Status>>;
+
+    /// Runs each forwarded write of the stream as it arrives, concurrently, and answers each
+    /// with its id as it finishes. A cut link, an undecodable message or a transport error ends
+    /// the input; the answers end after those of the writes already running.
+    async fn forward_writes(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::ForwardWritesStream>, Status> {
+        self.admit(&request)?;
+        let from = sender(&request);
+        let faults = self.faults.clone();
+        let raft = self.raft.clone();
+        let mut input = request.into_inner();
+        let (answers, outbound) =
+            tokio::sync::mpsc::channel::<Result<RaftMessage, Status>>(FORWARDED_ANSWERS_QUEUED);
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = input.message() => message,
+                    () = answers.closed() => return,
+                };
+                let failure = match message {
+                    Ok(Some(_)) if from.is_some_and(|from| faults.is_cut(from)) => {
+                        cut_status(from.expect("checked above"))
+                    }
+                    Ok(Some(message)) => match decode::<(u64, Command)>(&message.payload) {
+                        Ok((id, command)) => {
+                            let (raft, answers) = (raft.clone(), answers.clone());
+                            tokio::spawn(async move {
+                                let result = run_forwarded_write(&raft, command).await;
+                                let answer = encode(&(id, result))
+                                    .map(|payload| RaftMessage { payload })
+                                    .map_err(|e| {
+                                        Status::internal(format!("cannot encode reply: {e}"))
+                                    });
+                                let _ = answers.send(answer).await;
+                            });
+                            continue;
+                        }
+                        Err(e) => bad_payload(e),
+                    },
+                    // The follower closed its side: answer what is running, then end.
+                    Ok(None) => return,
+                    Err(status) => status,
+                };
+                // The answers end once the writes already running have answered (they hold
+                // the other senders); the follower counts the writes it sent after those as
+                // unknown.
+                tracing::debug!(%failure, "forward stream input ended");
+                return;
             }
-            Err(RaftError::APIError(e)) => Err(ForwardWriteError::Unknown(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ForwardWriteError::Unknown(e.to_string())),
-        };
-        reply(&result)
+        });
+        Ok(Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(outbound).boxed(),
+        ))
     }
 
     /// A member publishes its current name and URLs (etcd's "publish"); only the leader can put
