@@ -197,16 +197,13 @@ impl FrozenDump {
     }
 
     /// The dump encoded with [`crate::codec`], the same bytes as `encode(&dump()?)` at the
-    /// freeze, written into one buffer sized up front. Blocking: reads the whole history.
+    /// freeze. Blocking: reads the whole history, once.
     pub fn encode(&self) -> io::Result<Vec<u8>> {
-        // The format writes the number of entries first: a counting pass, then the writing one.
-        let (mut count, mut bytes) = (0usize, 0usize);
-        self.scan(|key, value| {
-            count += 1;
-            // A length prefix takes at most 9 bytes.
-            bytes += key.len() + value.len() + 2 * 9;
-            Ok(())
-        })?;
+        // The format writes the number of entries first: the index and the copies count them,
+        // without reading a value (a counting pass over the tree doubled the reads; perf showed
+        // snapshot encoding at 6.7% of a loaded member's CPU).
+        let count =
+            self.meta.len() + self.index.values().map(Vec::len).sum::<usize>() + self.extra.len();
         struct Entries<'d> {
             dump: &'d FrozenDump,
             count: usize,
@@ -240,7 +237,7 @@ impl FrozenDump {
                 seq.end()
             }
         }
-        let mut encoded = Vec::with_capacity(bytes + 9);
+        let mut encoded = Vec::new();
         encode_into(&Entries { dump: self, count }, &mut encoded)?;
         Ok(encoded)
     }
