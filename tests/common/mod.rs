@@ -480,7 +480,7 @@ impl Cluster {
     }
 
     /// Writes `writes` keys `<prefix><i>` through `leader` with 32 concurrent writers, then
-    /// waits until the leader has built a snapshot: with more than
+    /// waits until the leader has built a snapshot and purged its log: with more than
     /// [`SNAPSHOT_COUNT`] (5,000) entries, the start of its log is purged and a member
     /// that needs it can only catch up by snapshot.
     pub async fn fill_until_snapshot(&self, leader: usize, prefix: &str, writes: usize) {
@@ -504,6 +504,19 @@ impl Cluster {
         }
         self.wait_for_log_line(leader, "built snapshot", Duration::from_secs(60))
             .await;
+        // openraft purges the log behind the snapshot after the build is reported: until the
+        // purge point is on disk, a member coming back could still catch up by log.
+        let purged = self.nodes[leader].data_dir.join("raft-log").join("purged");
+        self.eventually(Duration::from_secs(30), "the leader purged its log", || {
+            let purged = purged.clone();
+            async move {
+                match purged.exists() {
+                    true => Ok(()),
+                    false => Err(format!("{} does not exist yet", purged.display())),
+                }
+            }
+        })
+        .await;
     }
 
     /// Makes node `index` the leader: MoveLeader to whoever leads now, until `index` leads (an
