@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! write:  leader?  yes -> raft.client_write
-//!                  no  -> Peer.ForwardWrite on the leader (which runs client_write)
+//!                  no  -> Peer.ForwardWrites, one stream to the leader (which runs client_write)
 //! read:   leader?  yes -> raft.ensure_linearizable(ReadIndex)
 //!                  no  -> Peer.ReadIndex on the leader -> wait until applied >= read log id
 //!         then read the local state machine
