@@ -191,29 +191,15 @@ async fn drive(
         Ok(response) => {
             let mut answers = response.into_inner();
             loop {
-                match answers.message().await {
-                    Ok(Some(message)) => {
-                        match decode::<(u64, ForwardWriteReply)>(&message.payload) {
-                            Ok((id, reply)) => {
-                                let waiter =
-                                    waiters.lock().expect("waiters lock").by_id.remove(&id);
-                                if let Some(waiter) = waiter {
-                                    let _ = waiter.send(Ok(reply));
-                                }
-                            }
-                            Err(e) => {
-                                break ForwardFailure::Unknown(format!(
-                                    "undecodable answer from the leader: {e}"
-                                ));
-                            }
-                        }
-                    }
-                    Ok(None) => {
-                        break ForwardFailure::Unknown(
-                            "the leader ended the forward stream".to_string(),
-                        );
-                    }
-                    Err(status) => break ForwardFailure::Unknown(status.to_string()),
+                let handed_over = match answers.message().await {
+                    Ok(Some(message)) => hand_over(&waiters, &message.payload),
+                    Ok(None) => Err(ForwardFailure::Unknown(
+                        "the leader ended the forward stream".to_string(),
+                    )),
+                    Err(status) => Err(ForwardFailure::Unknown(status.to_string())),
+                };
+                if let Err(failure) = handed_over {
+                    break failure;
                 }
             }
         }
@@ -223,6 +209,17 @@ async fn drive(
     for (_, waiter) in waiters.by_id.drain() {
         let _ = waiter.send(Err(failure.clone()));
     }
+}
+
+/// Gives one answer of the stream to the write waiting for it (none when it gave up).
+fn hand_over(waiters: &Mutex<Waiters>, payload: &[u8]) -> Result<(), ForwardFailure> {
+    let (id, reply) = decode::<(u64, ForwardWriteReply)>(payload)
+        .map_err(|e| ForwardFailure::Unknown(format!("undecodable answer from the leader: {e}")))?;
+    let waiter = waiters.lock().expect("waiters lock").by_id.remove(&id);
+    if let Some(waiter) = waiter {
+        let _ = waiter.send(Ok(reply));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -244,12 +241,8 @@ mod tests {
     /// A leader that refuses the connection got nothing: the caller may retry the write.
     #[tokio::test]
     async fn a_refused_stream_is_never_delivered_and_the_next_write_opens_a_new_one() {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        }; // closed again: nothing listens there now
         let forwarder = Forwarder::new(Peers::new(1, Faults::default()));
-        let url = format!("http://127.0.0.1:{port}");
+        let url = crate::network::closed_port_url();
         for _ in 0..2 {
             match forwarder.write(2, &url, &compact(), soon()).await {
                 Err(ForwardFailure::NeverDelivered(_)) => {}

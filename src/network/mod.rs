@@ -55,3 +55,48 @@ pub(crate) fn never_delivered(status: &tonic::Status) -> bool {
 
 /// gRPC metadata key carrying the sending node's id on every peer call.
 pub const FROM_NODE_METADATA: &str = "x-quorumdb-from";
+
+/// `http://127.0.0.1:<port>` where nothing listens (a port just bound and released).
+#[cfg(test)]
+pub(crate) fn closed_port_url() -> String {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }; // closed again: nothing listens there now
+    format!("http://127.0.0.1:{port}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::pb::peer::RaftMessage;
+
+    /// Pins how tonic reports a refused connection: the write-retry decision depends on it, and
+    /// a tonic or hyper upgrade could change the wording (then this fails, not a silent retry).
+    #[tokio::test]
+    async fn a_refused_connection_is_classified_as_never_delivered() {
+        let peers = Peers::new(1, Faults::default());
+        let mut client = peers.client(2, &closed_port_url()).unwrap();
+        let request = peers.request(RaftMessage { payload: vec![] }, Duration::from_secs(2));
+        let status = client
+            .forward_write(request)
+            .await
+            .expect_err("nothing listens");
+        assert!(never_delivered(&status), "{status:?}");
+    }
+
+    #[test]
+    fn a_timeout_or_reset_is_not_classified_as_never_delivered() {
+        assert!(!never_delivered(&tonic::Status::deadline_exceeded(
+            "deadline"
+        )));
+        assert!(!never_delivered(&tonic::Status::unavailable(
+            "error reading a body from connection"
+        )));
+        assert!(!never_delivered(&tonic::Status::cancelled(
+            "operation was canceled"
+        )));
+    }
+}

@@ -73,6 +73,20 @@ async fn run_forwarded_write(raft: &Raft, command: Command) -> ForwardWriteReply
     }
 }
 
+/// Runs one write of a forward stream and queues its answer, `(id, reply)`.
+async fn answer_forwarded_write(
+    raft: Raft,
+    answers: tokio::sync::mpsc::Sender<Result<RaftMessage, Status>>,
+    id: u64,
+    command: Command,
+) {
+    let result = run_forwarded_write(&raft, command).await;
+    let answer = encode(&(id, result))
+        .map(|payload| RaftMessage { payload })
+        .map_err(|e| Status::internal(format!("cannot encode reply: {e}")));
+    let _ = answers.send(answer).await;
+}
+
 /// Why the leader could not give a read index.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ReadIndexError {
@@ -457,16 +471,12 @@ impl Peer for PeerService {
                     }
                     Ok(Some(message)) => match decode::<(u64, Command)>(&message.payload) {
                         Ok((id, command)) => {
-                            let (raft, answers) = (raft.clone(), answers.clone());
-                            tokio::spawn(async move {
-                                let result = run_forwarded_write(&raft, command).await;
-                                let answer = encode(&(id, result))
-                                    .map(|payload| RaftMessage { payload })
-                                    .map_err(|e| {
-                                        Status::internal(format!("cannot encode reply: {e}"))
-                                    });
-                                let _ = answers.send(answer).await;
-                            });
+                            tokio::spawn(answer_forwarded_write(
+                                raft.clone(),
+                                answers.clone(),
+                                id,
+                                command,
+                            ));
                             continue;
                         }
                         Err(e) => bad_payload(e),
