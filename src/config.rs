@@ -69,8 +69,8 @@ pub struct ServerArgs {
     #[arg(long, env = "QUORUMDB_QUOTA_BACKEND_BYTES")]
     pub quota_backend_bytes: Option<u64>,
     /// Applied entries between snapshots; the log before a snapshot is then purged (etcd's flag;
-    /// default 100,000 as in etcd 3.4). Lower means smaller logs and faster restarts, and more
-    /// CPU spent copying the whole key space into snapshots.
+    /// default 100,000 as in etcd 3.4). Lower means smaller logs and faster restarts; a snapshot
+    /// costs a db flush (the key space is the snapshot, encoded only to send to a follower).
     #[arg(long, env = "QUORUMDB_SNAPSHOT_COUNT")]
     pub snapshot_count: Option<u64>,
     /// Comma-separated http://IP:PORT URLs serving /metrics, /health, /readyz, /livez, /leader,

@@ -44,6 +44,7 @@ use crate::limits::PEER_RPC_TIMEOUT_MS;
 use crate::limits::SNAPSHOT_CHUNK_BYTES;
 use crate::pb::peer::RaftMessage;
 use crate::pb::peer::SnapshotChunk;
+use crate::store::snapshot::SnapshotData;
 use crate::types::Member;
 use crate::types::NodeId;
 use crate::types::TypeConfig;
@@ -165,7 +166,7 @@ type AppendAnswers<'s> =
     BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     /// Pipelined replication over one gRPC stream (`StreamAppend`): requests go out as openraft
     /// produces them, without waiting for earlier answers, and the follower answers in order.
@@ -290,52 +291,206 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             .await
     }
 
-    /// Streams the snapshot in chunks of at most [`SNAPSHOT_CHUNK_BYTES`]: the first carries the
-    /// vote and the meta, the last is marked `done`. The receiver installs only a complete one.
+    /// Streams the snapshot in chunks of at most [`SNAPSHOT_CHUNK_BYTES`], encoded as they go
+    /// (never the whole dump in memory): the first carries the vote and the meta, then the data,
+    /// then an empty last one marked `done`. The receiver installs only a complete one.
+    ///
+    /// Its size is not known up front, so instead of one deadline for the call: while chunks go
+    /// out, each must be taken by the transport within the per-chunk time; once all are out,
+    /// the receiver has one per-chunk time per chunk sent (plus one) to install and answer.
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
-        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let meta = encode(&(vote, snapshot.meta.clone()))
             .map_err(|e| StreamingError::from(network_error(e)))?;
-        let data = snapshot.snapshot;
-        let mut chunks = vec![SnapshotChunk {
-            meta,
-            data: Vec::new(),
-            offset: 0,
-            done: data.is_empty(),
-        }];
-        let mut offset = 0usize;
-        for piece in data.chunks(SNAPSHOT_CHUNK_BYTES) {
-            offset += piece.len();
-            chunks.push(SnapshotChunk {
-                meta: Vec::new(),
-                data: piece.to_vec(),
-                offset: (offset - piece.len()) as u64,
-                done: offset == data.len(),
-            });
-        }
         let mut client = self
             .peers
             .client(self.target, &self.peer_url)
             .map_err(|e| StreamingError::from(unreachable(e)))?;
-        // A whole snapshot gets the soft TTL per chunk, at least the plain RPC timeout.
+        let progress = Arc::new(SnapshotProgress::default());
+        let chunks = snapshot_chunks(
+            meta,
+            snapshot.snapshot.into_chunks(SNAPSHOT_CHUNK_BYTES),
+            progress.clone(),
+        );
         let per_chunk = option
             .soft_ttl()
             .max(Duration::from_millis(PEER_RPC_TIMEOUT_MS));
-        let timeout = per_chunk * (chunks.len() as u32 + 1);
-        let request = self.peers.request(tokio_stream::iter(chunks), timeout);
-        let send = client.install_snapshot(request);
-        tokio::select! {
-            closed = cancel => Err(StreamingError::Closed(closed)),
-            response = send => {
-                let response = response.map_err(|s| StreamingError::from(status_error(s)))?;
-                self.peers.snapshots_sent.inc();
-                decode(&response.into_inner().payload).map_err(|e| StreamingError::from(network_error(e)))
+        let send = client.install_snapshot(self.peers.stream_request(chunks));
+        tokio::pin!(send, cancel);
+        let response = loop {
+            let (sent, all_sent) = (progress.sent(), progress.all_sent());
+            let wait = if all_sent {
+                per_chunk * (sent as u32 + 1)
+            } else {
+                per_chunk
+            };
+            tokio::select! {
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                response = &mut send => break response,
+                _ = tokio::time::sleep(wait) => {
+                    if all_sent {
+                        return Err(network_error(format!(
+                            "snapshot of {sent} chunks not installed within {} ms of its end",
+                            wait.as_millis()
+                        )).into());
+                    }
+                    if progress.sent() == sent {
+                        return Err(network_error(format!(
+                            "snapshot stream stalled: no chunk taken for {} ms after {sent}",
+                            wait.as_millis()
+                        )).into());
+                    }
+                }
+            }
+        };
+        let response = match response {
+            Ok(response) => response,
+            // The stream stopped short because the dump could not be encoded: say so, rather
+            // than the receiver's complaint about a stream that ended early.
+            Err(status) => {
+                return Err(match progress.take_failure() {
+                    Some(e) => network_error(format!("cannot encode the snapshot: {e}")).into(),
+                    None => status_error(status).into(),
+                });
+            }
+        };
+        self.peers.snapshots_sent.inc();
+        decode(&response.into_inner().payload).map_err(|e| StreamingError::from(network_error(e)))
+    }
+}
+
+/// How far a snapshot stream got, shared between the stream and [`PeerConnection::full_snapshot`].
+#[derive(Default)]
+struct SnapshotProgress {
+    /// Chunks taken by the transport, the meta chunk included.
+    sent: AtomicU64,
+    all_sent: std::sync::atomic::AtomicBool,
+    failure: std::sync::Mutex<Option<std::io::Error>>,
+}
+
+impl SnapshotProgress {
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    fn all_sent(&self) -> bool {
+        self.all_sent.load(Ordering::SeqCst)
+    }
+
+    fn take_failure(&self) -> Option<std::io::Error> {
+        self.failure.lock().expect("snapshot progress lock").take()
+    }
+}
+
+/// The chunks of one snapshot stream: the meta, the data at their offsets, an empty `done`
+/// chunk. An encoding error ends the stream without its `done` chunk, so the receiver refuses
+/// it, and is kept in `progress`.
+fn snapshot_chunks(
+    meta: Vec<u8>,
+    data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    progress: Arc<SnapshotProgress>,
+) -> impl Stream<Item = SnapshotChunk> + Send + 'static {
+    let first = SnapshotChunk {
+        meta,
+        data: Vec::new(),
+        offset: 0,
+        done: false,
+    };
+    let counted = progress.clone();
+    let rest = futures::stream::unfold(Some((data, 0u64)), move |state| {
+        let progress = progress.clone();
+        async move {
+            let (mut data, offset) = state?;
+            match data.recv().await {
+                Some(Ok(bytes)) => {
+                    let next = offset + bytes.len() as u64;
+                    let chunk = SnapshotChunk {
+                        meta: Vec::new(),
+                        data: bytes,
+                        offset,
+                        done: false,
+                    };
+                    Some((chunk, Some((data, next))))
+                }
+                Some(Err(e)) => {
+                    *progress.failure.lock().expect("snapshot progress lock") = Some(e);
+                    None
+                }
+                None => {
+                    progress.all_sent.store(true, Ordering::SeqCst);
+                    let last = SnapshotChunk {
+                        meta: Vec::new(),
+                        data: Vec::new(),
+                        offset,
+                        done: true,
+                    };
+                    Some((last, None))
+                }
             }
         }
+    });
+    futures::stream::once(std::future::ready(first))
+        .chain(rest)
+        .inspect(move |_| {
+            counted.sent.fetch_add(1, Ordering::SeqCst);
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn stream_of(
+        items: Vec<std::io::Result<Vec<u8>>>,
+    ) -> (Vec<SnapshotChunk>, Arc<SnapshotProgress>) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(items.len() + 1);
+        for item in items {
+            sender.send(item).await.expect("send");
+        }
+        drop(sender);
+        let progress = Arc::new(SnapshotProgress::default());
+        let chunks = snapshot_chunks(b"meta".to_vec(), receiver, progress.clone())
+            .collect::<Vec<_>>()
+            .await;
+        (chunks, progress)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_stream_is_meta_then_contiguous_data_then_one_done_chunk() {
+        let (chunks, progress) = stream_of(vec![Ok(vec![1; 5]), Ok(vec![2; 3])]).await;
+        let shape: Vec<(&[u8], usize, u64, bool)> = chunks
+            .iter()
+            .map(|c| (c.meta.as_slice(), c.data.len(), c.offset, c.done))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (&b"meta"[..], 0, 0, false),
+                (&[][..], 5, 0, false),
+                (&[][..], 3, 5, false),
+                (&[][..], 0, 8, true),
+            ]
+        );
+        assert_eq!((progress.sent(), progress.all_sent()), (4, true));
+        assert!(progress.take_failure().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_encoding_error_ends_the_stream_without_its_done_chunk() {
+        let failure = std::io::Error::other("history entry missing");
+        let (chunks, progress) = stream_of(vec![Ok(vec![1; 5]), Err(failure)]).await;
+        assert_eq!(chunks.len(), 2, "the meta and the one chunk encoded");
+        assert!(
+            chunks.iter().all(|c| !c.done),
+            "the receiver must refuse it"
+        );
+        assert!(!progress.all_sent());
+        let failure = progress.take_failure().expect("the failure is kept");
+        assert!(failure.to_string().contains("history entry missing"));
     }
 }

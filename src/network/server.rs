@@ -37,6 +37,7 @@ use crate::pb::peer::ReadIndexRequest;
 use crate::pb::peer::SnapshotChunk;
 use crate::pb::peer::peer_server::Peer;
 use crate::pb::peer::peer_server::PeerServer;
+use crate::store::snapshot::SnapshotData;
 use crate::types::Command;
 use crate::types::CommandResponse;
 use crate::types::Member;
@@ -405,9 +406,9 @@ impl Peer for PeerService {
             data.extend_from_slice(&chunk.data);
             done = chunk.done;
         }
-        let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
+        let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
             meta,
-            snapshot: data,
+            snapshot: SnapshotData::Received(data),
         };
         let response = self
             .raft

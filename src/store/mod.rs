@@ -5,7 +5,7 @@
 //! MVCC data, last applied log id, membership, client sessions, alarms: see [`mvcc`]); it is
 //! flushed by sled in the background and before every snapshot, so after a crash it holds a
 //! prefix of the applied entries and the log (kept back to the last snapshot) replays the rest.
-//! Snapshots live as files in `snapshots/` next to the database.
+//! The key space is the Raft snapshot (see [`snapshot`]): nothing else is written for one.
 //!
 //! Everything outside this module sees [`LogStore`] and [`StateMachine`] (handed to openraft) and
 //! [`KvReader`] (local reads for the API); no sled type crosses this boundary.
@@ -16,7 +16,7 @@ pub mod client_sessions;
 mod codec;
 pub mod log_store;
 pub mod mvcc;
-mod snapshot_file;
+pub mod snapshot;
 pub mod state_machine;
 mod wal;
 
@@ -63,7 +63,7 @@ pub fn open_with_metrics(data_dir: &Path, metrics: StoreMetrics) -> io::Result<S
     let state_machine = StateMachine::open(
         db.clone(),
         keyspace.clone(),
-        data_dir.join("snapshots"),
+        data_dir,
         metrics,
         alarms.clone(),
     )?;

@@ -7,17 +7,17 @@
 //!                                   |
 //! try_create_snapshot_builder: KeySpace::freeze_dump (in the state machine task, so no apply
 //!                                   |          interleaves: applied writes to sled, meta copied)
-//! build_snapshot (concurrent with apply): flush the db, encode the frozen dump (history read
-//!                                          from sled up to the frozen revision), write
-//!                                          snapshots/current.snap
-//! install_snapshot: keep the file as the current snapshot, then KeySpace::restore (one batch)
+//! build_snapshot (concurrent with apply): flush the db; nothing is encoded (see store::snapshot)
+//! get_current_snapshot: KeySpace::freeze_dump where the state machine stands, encoded only if
+//!                       it is sent
+//! install_snapshot: KeySpace::restore (one batch, the applied state with it), flush the db
 //! ```
 //!
 //! Must never: answer a client before its entry is applied; report a snapshot whose state is not
 //! durable in the key space (the log before it is purged once it is reported).
 
 use std::io;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures::Stream;
@@ -42,8 +42,9 @@ use super::codec::sled_error;
 use super::mvcc::EXTRA_PREFIX;
 use super::mvcc::FrozenDump;
 use super::mvcc::KeySpace;
-use super::snapshot_file::SnapshotFile;
-use super::snapshot_file::SnapshotFiles;
+use super::snapshot::SnapshotData;
+use super::snapshot::remove_earlier_files;
+use super::snapshot::take_earlier_file;
 use crate::codec::decode;
 use crate::codec::encode;
 use crate::observe::metrics::StoreMetrics;
@@ -72,7 +73,6 @@ fn membership_key() -> Vec<u8> {
 pub struct StateMachine {
     db: sled::Db,
     keyspace: Arc<KeySpace>,
-    snapshots: SnapshotFiles,
     /// In memory as well as in the key space: checked on every apply without a read.
     last_applied: Option<LogIdOf<TypeConfig>>,
     /// Index over the client sessions stored in the key space (exactly-once writes).
@@ -83,17 +83,18 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
+    /// Opens the state machine over the key space of the node's `data_dir`. A snapshot file an
+    /// earlier version left there is installed if it is ahead of the key space, then removed.
     pub(crate) fn open(
         db: sled::Db,
         keyspace: Arc<KeySpace>,
-        snapshot_dir: PathBuf,
+        data_dir: &Path,
         metrics: StoreMetrics,
         alarms: Alarms,
     ) -> io::Result<Self> {
         let mut state_machine = StateMachine {
             db,
             keyspace,
-            snapshots: SnapshotFiles::open(snapshot_dir)?,
             last_applied: None,
             sessions: ClientSessions::default(),
             alarms,
@@ -102,7 +103,54 @@ impl StateMachine {
         state_machine.last_applied = state_machine.read_applied_state()?.0;
         state_machine.sessions = ClientSessions::load(&state_machine.keyspace)?;
         state_machine.alarms.reload(&state_machine.keyspace)?;
+        if let Some(earlier) = take_earlier_file(data_dir)?
+            && earlier.meta.last_log_id > state_machine.last_applied
+        {
+            tracing::info!(last_log_id = ?earlier.meta.last_log_id, "installing the snapshot file of an earlier version");
+            state_machine.restore_dump(&earlier.meta, &earlier.data)?;
+        }
+        // The applied state read here is reported as the current snapshot (the log behind it
+        // may then be purged), so it must be durable even if a crash left it only in the page
+        // cache; and the earlier file goes only once the key space holds it durably.
+        state_machine.db.flush().map_err(sled_error)?;
+        remove_earlier_files(data_dir)?;
         Ok(state_machine)
+    }
+
+    /// Replaces the key space, client sessions and alarms by those of an encoded dump, with the
+    /// applied state of `meta`, in one batch. The caller flushes the db.
+    fn restore_dump(&mut self, meta: &SnapshotMetaOf<TypeConfig>, dump: &[u8]) -> io::Result<()> {
+        let dump: Vec<(Vec<u8>, Vec<u8>)> = decode(dump)?;
+        // The meta is authoritative for what the snapshot covers; the dump's own copies of the
+        // applied state are replaced so the two can never disagree.
+        let (applied, membership) = (applied_key(), membership_key());
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = dump
+            .into_iter()
+            .filter(|(key, _)| *key != applied && *key != membership)
+            .collect();
+        if let Some(log_id) = &meta.last_log_id {
+            entries.push((applied_key(), encode(log_id)?));
+        }
+        entries.push((membership_key(), encode(&meta.last_membership)?));
+        self.keyspace.restore(entries)?;
+        self.last_applied = meta.last_log_id;
+        // The snapshot's client sessions replace ours, as its data replaces our data.
+        self.sessions = ClientSessions::load(&self.keyspace)?;
+        self.alarms.reload(&self.keyspace)?;
+        Ok(())
+    }
+
+    /// The key space frozen where the state machine stands, with its applied state as the meta.
+    fn freeze(&self) -> io::Result<(SnapshotMetaOf<TypeConfig>, FrozenDump)> {
+        let (last_log_id, last_membership) = self.read_applied_state()?;
+        // Every applied write goes to sled here, which a db flush makes durable; the history is
+        // read from sled only if the snapshot is sent, outside this task.
+        let dump = self.keyspace.freeze_dump()?;
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id,
+            last_membership,
+        };
+        Ok((meta, dump))
     }
 
     fn read_applied_state(
@@ -128,22 +176,21 @@ enum Answer {
     Alarms(Vec<(crate::types::NodeId, crate::types::AlarmKind)>),
 }
 
-/// Freezes the key space when created (inside the state machine task, between applies) and does
-/// the slow part, flushing, encoding and writing the file, in `build_snapshot`, concurrently with
-/// apply and reads.
+/// Freezes the key space when created (inside the state machine task, between applies) and
+/// flushes the db in `build_snapshot`, concurrently with apply and reads. The key space is the
+/// snapshot: nothing is encoded or written besides (see [`super::snapshot`]).
 pub struct SnapshotBuilder {
     db: sled::Db,
     metrics: StoreMetrics,
-    snapshots: SnapshotFiles,
     meta: SnapshotMetaOf<TypeConfig>,
     /// The key space at `meta.last_log_id`, to be encoded; taken by `build_snapshot`.
     dump: Option<FrozenDump>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
-    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Vec<u8>>> {
+    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, SnapshotData>> {
         let dump = self
             .dump
             .take()
@@ -151,28 +198,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // The key space must hold at least this state durably before openraft purges the log
         // behind the snapshot; the flush covers every tree of the db.
         self.db.flush_async().await.map_err(sled_error)?;
-        let meta = self.meta.clone();
-        let snapshots = self.snapshots.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            let data = dump.encode()?;
-            // Compactions may remove history again.
-            drop(dump);
-            let file = SnapshotFile { meta, data };
-            snapshots.save(&file).map(|_| file)
-        })
-        .await
-        .map_err(io::Error::other)??;
-        tracing::info!(last_log_id = ?file.meta.last_log_id, bytes = file.data.len(), "built snapshot");
+        tracing::info!(last_log_id = ?self.meta.last_log_id, revision = dump.revision(), "built snapshot");
         self.metrics.snapshots_built.inc();
-        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
-            meta: file.meta,
-            snapshot: file.data,
+        // openraft keeps only the meta; the dump, dropped with it, lets compaction go on.
+        Ok(SnapshotOf::<TypeConfig, SnapshotData> {
+            meta: self.meta.clone(),
+            snapshot: SnapshotData::Frozen(dump),
         })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(
@@ -311,23 +348,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         // Runs in the state machine task, between applies: the dump and the applied state are
         // taken at the same point of the log.
-        let (last_log_id, last_membership) = self
-            .read_applied_state()
-            .expect("read applied state for a snapshot");
-        // Every applied write goes to sled here, which the db flush in build_snapshot makes
-        // durable; the history is read from sled there, outside this task.
-        let dump = self
-            .keyspace
-            .freeze_dump()
-            .expect("freeze the key space for a snapshot");
+        let (meta, dump) = self.freeze().expect("freeze the key space for a snapshot");
         SnapshotBuilder {
             db: self.db.clone(),
             metrics: self.metrics.clone(),
-            snapshots: self.snapshots.clone(),
-            meta: SnapshotMetaOf::<TypeConfig> {
-                last_log_id,
-                last_membership,
-            },
+            meta,
             dump: Some(dump),
         }
     }
@@ -335,52 +360,146 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf<TypeConfig>,
-        snapshot: Vec<u8>,
+        snapshot: SnapshotData,
     ) -> io::Result<()> {
-        let dump: Vec<(Vec<u8>, Vec<u8>)> = decode(&snapshot)?;
-        // The meta is authoritative for what the snapshot covers; the dump's own copies of the
-        // applied state are replaced so the two can never disagree.
-        let (applied, membership) = (applied_key(), membership_key());
-        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = dump
-            .into_iter()
-            .filter(|(key, _)| *key != applied && *key != membership)
-            .collect();
-        if let Some(log_id) = &meta.last_log_id {
-            entries.push((applied_key(), encode(log_id)?));
-        }
-        entries.push((membership_key(), encode(&meta.last_membership)?));
-        // The file first: if a crash comes between the two, the restart finds a snapshot newer
-        // than the key space and installs it again, instead of a key space ahead of every
-        // snapshot on disk with the log behind it already purged.
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data: snapshot,
-        };
-        let snapshots = self.snapshots.clone();
-        tokio::task::spawn_blocking(move || snapshots.save(&file))
+        // A frozen dump (openraft's storage suite hands one member's snapshot to another) is
+        // encoded first and dropped: restoring waits for every frozen dump of its key space.
+        let dump = tokio::task::spawn_blocking(move || snapshot.into_bytes())
             .await
             .map_err(io::Error::other)??;
-        self.keyspace.restore(entries)?;
-        self.last_applied = meta.last_log_id;
-        // The snapshot's client sessions replace ours, as its data replaces our data.
-        self.sessions = ClientSessions::load(&self.keyspace)?;
-        self.alarms.reload(&self.keyspace)?;
+        // One batch: a crash leaves the key space and its applied state either before the
+        // snapshot (the leader sends it again) or at it.
+        self.restore_dump(meta, &dump)?;
         self.db.flush_async().await.map_err(sled_error)?;
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         self.metrics.snapshots_installed.inc();
         Ok(())
     }
 
+    /// The key space where the state machine stands: at or past the last snapshot built or
+    /// installed, and durable up to that one (a snapshot's build or install flushes the db, and
+    /// so does opening it). None before anything is applied.
     async fn get_current_snapshot(
         &mut self,
-    ) -> io::Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>> {
-        let snapshots = self.snapshots.clone();
-        let file = tokio::task::spawn_blocking(move || snapshots.load())
-            .await
-            .map_err(io::Error::other)??;
-        Ok(file.map(|file| SnapshotOf::<TypeConfig, Vec<u8>> {
-            meta: file.meta,
-            snapshot: file.data,
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotData>>> {
+        if self.last_applied.is_none() {
+            return Ok(None);
+        }
+        let (meta, dump) = self.freeze()?;
+        Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
+            meta,
+            snapshot: SnapshotData::Frozen(dump),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::StoredMembership;
+    use openraft::vote::RaftLeaderId;
+    use serde::Serialize;
+
+    use super::*;
+    use crate::store::mvcc::tests::open_when_released;
+    use crate::types::PutOp;
+    use crate::types::RangeOp;
+
+    /// The snapshot file as versions before the key space became the snapshot wrote it.
+    #[derive(Serialize)]
+    struct EarlierFile {
+        meta: SnapshotMetaOf<TypeConfig>,
+        data: Vec<u8>,
+    }
+
+    fn log_id(index: u64) -> LogIdOf<TypeConfig> {
+        LogIdOf::<TypeConfig>::new(
+            openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(2, 1),
+            index,
+        )
+    }
+
+    fn open_at(dir: &Path) -> StateMachine {
+        let db = open_when_released(&dir.join("db"));
+        let keyspace =
+            Arc::new(KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("open"));
+        StateMachine::open(
+            db,
+            keyspace,
+            dir,
+            StoreMetrics::default(),
+            Alarms::default(),
+        )
+        .expect("open the state machine")
+    }
+
+    /// The encoded dump of a key space holding `key` = `value` (or nothing).
+    fn dump_holding(entry: Option<(&[u8], &[u8])>) -> Vec<u8> {
+        let dir = tempfile::tempdir().expect("dir");
+        let state_machine = open_at(dir.path());
+        if let Some((key, value)) = entry {
+            let put = Command::Put(PutOp {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                ..PutOp::default()
+            });
+            state_machine
+                .keyspace
+                .apply(&[Some(&put)], Vec::new())
+                .expect("apply");
+        }
+        encode(&state_machine.keyspace.dump().expect("dump")).expect("encode")
+    }
+
+    fn write_earlier_file(dir: &Path, index: u64, data: Vec<u8>) {
+        let folder = dir.join("snapshots");
+        std::fs::create_dir_all(&folder).expect("folder");
+        let file = EarlierFile {
+            meta: SnapshotMetaOf::<TypeConfig> {
+                last_log_id: Some(log_id(index)),
+                last_membership: StoredMembership::default(),
+            },
+            data,
+        };
+        std::fs::write(folder.join("current.snap"), encode(&file).expect("encode")).expect("write");
+        std::fs::write(folder.join("current.snap.3.tmp"), b"unfinished").expect("write");
+    }
+
+    fn value_of(state_machine: &StateMachine, key: &[u8]) -> Option<Vec<u8>> {
+        let op = RangeOp {
+            key: key.to_vec(),
+            ..RangeOp::default()
+        };
+        let (result, _) = state_machine.keyspace.range(&op).expect("range");
+        result.kvs.into_iter().next().map(|kv| kv.value)
+    }
+
+    #[test]
+    fn an_earlier_versions_snapshot_file_is_installed_only_if_ahead_and_then_removed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let folder = dir.path().join("snapshots");
+
+        // A crash between writing the file and restoring from it: the file is ahead.
+        write_earlier_file(dir.path(), 7, dump_holding(Some((b"k", b"from the file"))));
+        let state_machine = open_at(dir.path());
+        assert_eq!(state_machine.last_applied, Some(log_id(7)));
+        assert_eq!(
+            value_of(&state_machine, b"k").as_deref(),
+            Some(&b"from the file"[..])
+        );
+        assert!(
+            !folder.exists(),
+            "the earlier folder is removed once installed"
+        );
+        drop(state_machine);
+
+        // A file behind the key space (the usual case) changes nothing.
+        write_earlier_file(dir.path(), 5, dump_holding(None));
+        let state_machine = open_at(dir.path());
+        assert_eq!(state_machine.last_applied, Some(log_id(7)));
+        assert_eq!(
+            value_of(&state_machine, b"k").as_deref(),
+            Some(&b"from the file"[..])
+        );
+        assert!(!folder.exists(), "the earlier folder is removed");
     }
 }
