@@ -109,17 +109,20 @@ fn unix_ms() -> u64 {
 /// Watches Raft's metrics and records every change of leader (or loss of one) until `stopped`.
 /// Woken by the server metrics (vote, role, leader, membership) only: the full metrics change on
 /// every heartbeat acknowledgement, several times per linearizable read on a leader.
+///
+/// It reads the server metrics it is woken by, never the full metrics: openraft publishes the
+/// server metrics first, so the full ones may still hold the previous leader when this wakes,
+/// and in a stable cluster no later change would wake it to see the new one.
 pub async fn watch_leader_changes(observer: Observer, mut stopped: watch::Receiver<bool>) {
     let mut changes = observer.raft.server_metrics();
-    let metrics = observer.raft.metrics();
     let mut last: Option<(Option<NodeId>, u64)> = None;
     loop {
         let (leader, term, name) = {
-            let m = metrics.borrow_watched();
+            let m = changes.borrow_and_update();
             let name = m
                 .current_leader
                 .and_then(|id| m.membership_config.get_node(&id).map(|n| n.name.clone()));
-            (m.current_leader, m.current_term, name)
+            (m.current_leader, m.vote.leader_id().term, name)
         };
         if last.map(|(previous, _)| previous) != Some(leader) {
             // The first observation is the starting point, not a change.
