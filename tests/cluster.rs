@@ -161,6 +161,55 @@ async fn linearizable_get_on_every_follower_sees_the_put_acknowledged_just_befor
     );
 }
 
+/// Follower reads that arrive while a ReadIndex request is out share the next one: 200 reads
+/// at once on one follower make far fewer requests to the leader than reads, and every one of
+/// them still sees the put acknowledged just before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_follower_reads_share_read_index_requests_and_see_the_acknowledged_put() {
+    const READS: usize = 200;
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.followers(leader)[0];
+    let mut leader_client = cluster.client(leader).await;
+    let follower_client = cluster.client(follower).await;
+    // A first read, so the follower's connection to the leader is up before the burst.
+    follower_client
+        .clone()
+        .get("batched/warm-up", None)
+        .await
+        .expect("warm-up read");
+    let put = leader_client
+        .put("batched/k", "v", None)
+        .await
+        .expect("put on the leader");
+    let put_revision = revision(put.header());
+    let (vouched, heartbeat) = read_index_paths(&cluster, leader);
+    let asked_before = vouched + heartbeat;
+
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..READS {
+        let mut client = follower_client.clone();
+        reads.spawn(async move { client.get("batched/k", None).await });
+    }
+    while let Some(read) = reads.join_next().await {
+        let got = read
+            .expect("read task")
+            .expect("linearizable get on the follower");
+        let kv = single(&got, "get batched/k on the follower");
+        assert_eq!(
+            kv.mod_revision, put_revision,
+            "the read saw the acknowledged put"
+        );
+    }
+
+    let (vouched, heartbeat) = read_index_paths(&cluster, leader);
+    let asked = vouched + heartbeat - asked_before;
+    assert!(
+        asked >= 1.0 && asked < (READS / 2) as f64,
+        "{READS} concurrent follower reads made {asked} read index requests to the leader"
+    );
+}
+
 /// A restarted leader does not take its leadership back without an election: its commit index
 /// (a hint, not synced) and its state machine (persisted in batches) are not durable at every
 /// step, so after a machine crash it could lead from behind what it had acknowledged. It

@@ -5,7 +5,8 @@
 //! write:  leader?  yes -> raft.client_write
 //!                  no  -> Peer.ForwardWrites, one stream to the leader (which runs client_write)
 //! read:   leader?  yes -> raft.ensure_linearizable(ReadIndex)
-//!                  no  -> Peer.ReadIndex on the leader -> wait until applied >= read log id
+//!                  no  -> Peer.ReadIndex on the leader, one request for every read waiting
+//!                         -> wait until applied >= read log id
 //!         then read the local state machine
 //! ```
 //!
@@ -13,6 +14,8 @@
 //! refused with "forward to leader", a peer that could not be reached at all. A write whose
 //! outcome is unknown is never re-sent; the client gets `leader changed` or `request timed out`.
 
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use openraft::ReadPolicy;
@@ -21,12 +24,15 @@ use openraft::errors::ClientWriteError;
 use openraft::errors::LinearizableReadError;
 use openraft::errors::RaftError;
 use openraft::raft::linearizable_read::Linearizer;
+use openraft::raft::linearizable_read::ReadLogId;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::api::error::ApiError;
 use crate::codec::decode;
 use crate::codec::encode;
 use crate::limits::LEADER_WAIT_MS_MAX;
+use crate::limits::PEER_RPC_TIMEOUT_MS;
 use crate::limits::READ_INDEX_APPLY_WAIT_MS_MAX;
 use crate::limits::REQUEST_TIMEOUT_MS;
 use crate::network::ForwardFailure;
@@ -46,6 +52,7 @@ use crate::types::CommandResponse;
 use crate::types::Member;
 use crate::types::NodeId;
 use crate::types::Raft;
+use crate::types::TypeConfig;
 
 /// Pause between attempts when a retry is known to be safe (leader moving, peer unreachable).
 const RETRY_PAUSE_MS: u64 = 50;
@@ -57,7 +64,23 @@ pub struct Consensus {
     membership: MembershipChanges,
     peers: Peers,
     forwarder: Forwarder,
+    read_batch: Arc<Mutex<ReadBatch>>,
 }
+
+/// Follower reads waiting for a read log id from the leader. One ReadIndex request is out at a
+/// time; the reads that arrive meanwhile wait for the next, which serves them all. A read joins
+/// only a request not yet begun: the request takes its batch, then reads this node's vote and
+/// asks the leader, so every step the protocol needs after the read began (see
+/// `network::read_index`) comes after every read of the batch began.
+#[derive(Default)]
+struct ReadBatch {
+    waiting: Vec<oneshot::Sender<Asked>>,
+    /// A task is asking the leader for the batches; it ends when none is waiting.
+    asking: bool,
+}
+
+/// What one ReadIndex request gave: the leader and its read log id, or nothing (ask again).
+type Asked = Option<(NodeId, ReadLogId<TypeConfig>)>;
 
 impl Consensus {
     /// `membership` makes this node's membership changes when it leads; every part of the node
@@ -69,6 +92,7 @@ impl Consensus {
             membership,
             forwarder: Forwarder::new(peers.clone()),
             peers,
+            read_batch: Arc::default(),
         }
     }
 
@@ -221,7 +245,7 @@ impl Consensus {
     pub async fn read_barrier(&self) -> Result<(), ApiError> {
         let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
         loop {
-            let (leader, member) = self.wait_for_leader(deadline).await?;
+            let (leader, _) = self.wait_for_leader(deadline).await?;
             if leader == self.id {
                 let outcome = tokio::time::timeout_at(
                     deadline,
@@ -242,49 +266,24 @@ impl Consensus {
                 continue;
             }
 
-            let Ok(mut client) = self.peers.client(leader, &member.peer_url) else {
-                Self::pause(deadline).await?;
-                continue;
+            let (answer, asked) = oneshot::channel();
+            let start_asking = {
+                let mut batch = self.read_batch.lock().expect("read batch lock");
+                batch.waiting.push(answer);
+                !std::mem::replace(&mut batch.asking, true)
             };
-            // Read through the Raft core after this read began: the leader may then answer
-            // without a heartbeat round (see `network::read_index`).
-            let (vouch_term, vouch_leader) = self
-                .raft
-                .with_raft_state(|st| {
-                    let vote = st.vote_ref();
-                    match vote.is_committed() {
-                        true => (vote.leader_id().term, vote.leader_id().node_id),
-                        false => (0, 0),
-                    }
-                })
-                .await
-                .map_err(|_| ApiError::Stopped)?;
-            let timeout = deadline.saturating_duration_since(Instant::now());
-            let request = self.peers.request(
-                ReadIndexRequest {
-                    from_node_id: self.id,
-                    vouch_term,
-                    vouch_leader,
-                },
-                timeout,
-            );
-            let read_log_id = match client.read_index(request).await {
-                Ok(response) => {
-                    let reply: ReadIndexReply = decode(&response.into_inner().payload)
-                        .map_err(|e| ApiError::Internal(e.to_string()))?;
-                    match reply {
-                        Ok(read_log_id) => read_log_id,
-                        Err(ReadIndexError::NotLeader { .. } | ReadIndexError::NoQuorum(_)) => {
-                            Self::pause(deadline).await?;
-                            continue;
-                        }
-                    }
-                }
+            if start_asking {
+                let consensus = self.clone();
+                tokio::spawn(async move { consensus.ask_for_read_batches().await });
+            }
+            let (leader, read_log_id) = match tokio::time::timeout_at(deadline, asked).await {
+                Ok(Ok(Some(asked))) => asked,
                 // Reads are idempotent: any failure to get a read index may be retried.
-                Err(_) => {
+                Ok(Ok(None) | Err(_)) => {
                     Self::pause(deadline).await?;
                     continue;
                 }
+                Err(_) => return Err(ApiError::Timeout),
             };
             let wait = deadline
                 .saturating_duration_since(Instant::now())
@@ -296,5 +295,106 @@ impl Consensus {
                 Err(_) => Err(ApiError::Stopped),
             };
         }
+    }
+}
+
+impl Consensus {
+    /// Asks the leader for a read log id for each batch of waiting follower reads, one request
+    /// at a time, until none is waiting.
+    async fn ask_for_read_batches(&self) {
+        loop {
+            let batch = {
+                let mut batch = self.read_batch.lock().expect("read batch lock");
+                if batch.waiting.is_empty() {
+                    batch.asking = false;
+                    return;
+                }
+                std::mem::take(&mut batch.waiting)
+            };
+            let asked = self.ask_read_index().await;
+            for waiter in batch {
+                let _ = waiter.send(asked);
+            }
+        }
+    }
+
+    /// One ReadIndex request to the leader this node knows now; `None` when there is none to
+    /// ask (this node leads, or no leader is known) or it gave no read log id.
+    async fn ask_read_index(&self) -> Asked {
+        let (leader, member) = self.leader().filter(|(leader, _)| *leader != self.id)?;
+        let mut client = self.peers.client(leader, &member.peer_url).ok()?;
+        // Read through the Raft core after every read of the batch began: the leader may then
+        // answer without a heartbeat round (see `network::read_index`).
+        let (vouch_term, vouch_leader) = self
+            .raft
+            .with_raft_state(|st| {
+                let vote = st.vote_ref();
+                match vote.is_committed() {
+                    true => (vote.leader_id().term, vote.leader_id().node_id),
+                    false => (0, 0),
+                }
+            })
+            .await
+            .ok()?;
+        let request = self.peers.request(
+            ReadIndexRequest {
+                from_node_id: self.id,
+                vouch_term,
+                vouch_leader,
+            },
+            Duration::from_millis(PEER_RPC_TIMEOUT_MS),
+        );
+        let response = client.read_index(request).await.ok()?;
+        match decode::<ReadIndexReply>(&response.into_inner().payload) {
+            Ok(Ok(read_log_id)) => Some((leader, read_log_id)),
+            Ok(Err(ReadIndexError::NotLeader { .. } | ReadIndexError::NoQuorum(_))) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable read index reply");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::network::Faults;
+    use crate::network::Peers;
+    use crate::network::never_delivered;
+    use crate::pb::peer::RaftMessage;
+
+    /// Pins how tonic reports a refused connection: the write-retry decision depends on it, and
+    /// a tonic or hyper upgrade could change the wording (then this fails, not a silent retry).
+    #[tokio::test]
+    async fn a_refused_connection_is_classified_as_never_delivered() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        }; // closed again: nothing listens there now
+        let peers = Peers::new(1, Faults::default());
+        let mut client = peers
+            .client(2, &format!("http://127.0.0.1:{port}"))
+            .unwrap();
+        let request = peers.request(RaftMessage { payload: vec![] }, Duration::from_secs(2));
+        let status = client
+            .forward_write(request)
+            .await
+            .expect_err("nothing listens");
+        assert!(never_delivered(&status), "{status:?}");
+    }
+
+    #[test]
+    fn a_timeout_or_reset_is_not_classified_as_never_delivered() {
+        assert!(!never_delivered(&tonic::Status::deadline_exceeded(
+            "deadline"
+        )));
+        assert!(!never_delivered(&tonic::Status::unavailable(
+            "error reading a body from connection"
+        )));
+        assert!(!never_delivered(&tonic::Status::cancelled(
+            "operation was canceled"
+        )));
     }
 }
