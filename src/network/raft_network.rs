@@ -291,13 +291,15 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             .await
     }
 
-    /// Streams the snapshot in chunks of at most [`SNAPSHOT_CHUNK_BYTES`], encoded as they go
-    /// (never the whole dump in memory): the first carries the vote and the meta, then the data,
-    /// then an empty last one marked `done`. The receiver installs only a complete one.
+    /// Streams the snapshot in chunks of at most [`SNAPSHOT_CHUNK_BYTES`], encoded to a local file
+    /// first (never the whole dump in memory; see `store::snapshot`): the first carries the vote
+    /// and the meta, then the data, then an empty last one marked `done`. The receiver installs
+    /// only a complete one.
     ///
-    /// Its size is not known up front, so instead of one deadline for the call: while chunks go
-    /// out, each must be taken by the transport within the per-chunk time; once all are out,
-    /// the receiver has one per-chunk time per chunk sent (plus one) to install and answer.
+    /// The call has no deadline of its own: while chunks go out, each must be taken by the
+    /// transport within the per-chunk time (twice that for the first, which includes connecting);
+    /// once all are out, the receiver has one per-chunk time per chunk sent (plus one) to install
+    /// and answer.
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
@@ -307,27 +309,29 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let meta = encode(&(vote, snapshot.meta.clone()))
             .map_err(|e| StreamingError::from(network_error(e)))?;
+        tokio::pin!(cancel);
+        let data = tokio::select! {
+            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+            data = snapshot.snapshot.into_chunks(SNAPSHOT_CHUNK_BYTES) => data
+                .map_err(|e| network_error(format!("cannot encode the snapshot: {e}")))?,
+        };
         let mut client = self
             .peers
             .client(self.target, &self.peer_url)
             .map_err(|e| StreamingError::from(unreachable(e)))?;
         let progress = Arc::new(SnapshotProgress::default());
-        let chunks = snapshot_chunks(
-            meta,
-            snapshot.snapshot.into_chunks(SNAPSHOT_CHUNK_BYTES),
-            progress.clone(),
-        );
+        let chunks = snapshot_chunks(meta, data, progress.clone());
         let per_chunk = option
             .soft_ttl()
             .max(Duration::from_millis(PEER_RPC_TIMEOUT_MS));
         let send = client.install_snapshot(self.peers.stream_request(chunks));
-        tokio::pin!(send, cancel);
+        tokio::pin!(send);
         let response = loop {
             let (sent, all_sent) = (progress.sent(), progress.all_sent());
-            let wait = if all_sent {
-                per_chunk * (sent as u32 + 1)
-            } else {
-                per_chunk
+            let wait = match (all_sent, sent) {
+                (true, _) => per_chunk * (sent as u32 + 1),
+                (false, 0) => per_chunk * 2,
+                (false, _) => per_chunk,
             };
             tokio::select! {
                 closed = &mut cancel => return Err(StreamingError::Closed(closed)),
@@ -350,11 +354,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         };
         let response = match response {
             Ok(response) => response,
-            // The stream stopped short because the dump could not be encoded: say so, rather
-            // than the receiver's complaint about a stream that ended early.
+            // The stream stopped short because the encoded dump could not be read back: say so,
+            // rather than the receiver's complaint about a stream that ended early.
             Err(status) => {
                 return Err(match progress.take_failure() {
-                    Some(e) => network_error(format!("cannot encode the snapshot: {e}")).into(),
+                    Some(e) => network_error(format!("cannot read the snapshot: {e}")).into(),
                     None => status_error(status).into(),
                 });
             }
@@ -388,8 +392,8 @@ impl SnapshotProgress {
 }
 
 /// The chunks of one snapshot stream: the meta, the data at their offsets, an empty `done`
-/// chunk. An encoding error ends the stream without its `done` chunk, so the receiver refuses
-/// it, and is kept in `progress`.
+/// chunk. An error reading the data ends the stream without its `done` chunk, so the receiver
+/// refuses it, and is kept in `progress`.
 fn snapshot_chunks(
     meta: Vec<u8>,
     data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
@@ -481,8 +485,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_encoding_error_ends_the_stream_without_its_done_chunk() {
-        let failure = std::io::Error::other("history entry missing");
+    async fn an_error_reading_the_data_ends_the_stream_without_its_done_chunk() {
+        let failure = std::io::Error::other("input/output error");
         let (chunks, progress) = stream_of(vec![Ok(vec![1; 5]), Err(failure)]).await;
         assert_eq!(chunks.len(), 2, "the meta and the one chunk encoded");
         assert!(
@@ -491,6 +495,6 @@ mod tests {
         );
         assert!(!progress.all_sent());
         let failure = progress.take_failure().expect("the failure is kept");
-        assert!(failure.to_string().contains("history entry missing"));
+        assert!(failure.to_string().contains("input/output error"));
     }
 }

@@ -512,6 +512,14 @@ fn index_history_write(index: &mut HistoryIndex, tree_key: &[u8], value: Option<
     }
 }
 
+/// Whether `writes` remove history entries from the tree (only a compaction does), which must
+/// wait until no [`FrozenDump`] reads them.
+fn removes_history(writes: &Overlay) -> bool {
+    writes
+        .iter()
+        .any(|(key, value)| value.is_none() && key.first() == Some(&HISTORY_PREFIX))
+}
+
 fn encode_meta(value: i64) -> Vec<u8> {
     value.to_be_bytes().to_vec()
 }
@@ -1599,10 +1607,7 @@ impl KeySpace {
         };
         // Only a compaction removes history entries; a frozen dump reading the tree must not
         // lose them under it (the writes stay readable in `persisting` meanwhile).
-        let removes_history = writes
-            .iter()
-            .any(|(key, value)| value.is_none() && key.first() == Some(&HISTORY_PREFIX));
-        if removes_history {
+        if removes_history(&writes) {
             self.wait_for_no_history_readers();
         }
         let written = self.write_to_tree(&writes);
@@ -1772,7 +1777,12 @@ impl KeySpace {
             .lock()
             .expect("the key space persist lock is poisoned");
         // `persisting` is empty: its writer holds the lock taken above. The pending writes go to
-        // sled under the gate, so no apply comes between them and the frozen revision.
+        // sled under the gate, so no apply comes between them and the frozen revision. A
+        // compaction's removals among them wait for the dumps still reading (outside the gate:
+        // they do not need it; nothing is applied meanwhile, as the caller is the applier).
+        if removes_history(&self.read_gate().pending) {
+            self.wait_for_no_history_readers();
+        }
         let mut memory = self.write_gate();
         if !memory.pending.is_empty() {
             self.write_to_tree(&memory.pending)?;
@@ -3190,6 +3200,36 @@ pub(crate) mod tests {
         drop(frozen);
         target.restore(entries).expect("restore");
         assert_eq!(every_read(&target), every_read(&keyspace));
+    }
+
+    #[test]
+    fn a_second_freeze_holds_back_a_pending_compaction_until_the_first_dump_is_dropped() {
+        let keyspace = Arc::new(open_temporary());
+        for round in 0..3u8 {
+            run(&keyspace, put(b"a", &[round; 100]));
+        }
+        keyspace.persist().expect("persist");
+        let expected = encode(&keyspace.dump().expect("dump")).expect("encode");
+        let first = keyspace.freeze_dump().expect("freeze");
+        // A compaction applied after the first freeze, its removals still pending.
+        let revision = keyspace.revision();
+        run(&keyspace, Command::Compact { revision });
+        let second = {
+            let keyspace = keyspace.clone();
+            std::thread::spawn(move || keyspace.freeze_dump().map(|dump| dump.revision()))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !second.is_finished(),
+            "the second freeze waits for the first dump"
+        );
+        assert_eq!(
+            first.encode().expect("the first dump's history is whole"),
+            expected
+        );
+        drop(first);
+        let frozen_at = second.join().expect("join").expect("the second freeze");
+        assert_eq!(frozen_at, keyspace.revision());
     }
 
     #[test]

@@ -13,11 +13,15 @@
 //! install_snapshot: KeySpace::restore (one batch, the applied state with it), flush the db
 //! ```
 //!
-//! Must never: answer a client before its entry is applied; report a snapshot whose state is not
-//! durable in the key space (the log before it is purged once it is reported).
+//! Must never: answer a client before its entry is applied; let openraft purge the log behind a
+//! state the key space does not hold durably. openraft purges only behind a snapshot it built
+//! (`build_snapshot` flushes the db first) or installed (`install_snapshot` flushes before it
+//! returns); the meta `get_current_snapshot` reports may be ahead of the flushed state, and is
+//! used only to send the snapshot and, on start, as openraft's snapshot position.
 
 use std::io;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::Stream;
@@ -40,10 +44,10 @@ use super::client_sessions::BatchRecord;
 use super::client_sessions::ClientSessions;
 use super::codec::sled_error;
 use super::mvcc::EXTRA_PREFIX;
-use super::mvcc::FrozenDump;
 use super::mvcc::KeySpace;
 use super::snapshot::SnapshotData;
-use super::snapshot::remove_earlier_files;
+use super::snapshot::clear_snapshot_folder;
+use super::snapshot::snapshot_folder;
 use super::snapshot::take_earlier_file;
 use crate::codec::decode;
 use crate::codec::encode;
@@ -73,6 +77,8 @@ fn membership_key() -> Vec<u8> {
 pub struct StateMachine {
     db: sled::Db,
     keyspace: Arc<KeySpace>,
+    /// Where a send encodes the key space before the network takes it (see `store::snapshot`).
+    snapshot_folder: PathBuf,
     /// In memory as well as in the key space: checked on every apply without a read.
     last_applied: Option<LogIdOf<TypeConfig>>,
     /// Index over the client sessions stored in the key space (exactly-once writes).
@@ -95,6 +101,7 @@ impl StateMachine {
         let mut state_machine = StateMachine {
             db,
             keyspace,
+            snapshot_folder: snapshot_folder(data_dir),
             last_applied: None,
             sessions: ClientSessions::default(),
             alarms,
@@ -109,11 +116,9 @@ impl StateMachine {
             tracing::info!(last_log_id = ?earlier.meta.last_log_id, "installing the snapshot file of an earlier version");
             state_machine.restore_dump(&earlier.meta, &earlier.data)?;
         }
-        // The applied state read here is reported as the current snapshot (the log behind it
-        // may then be purged), so it must be durable even if a crash left it only in the page
-        // cache; and the earlier file goes only once the key space holds it durably.
+        // The earlier file goes only once the key space holds what it held durably.
         state_machine.db.flush().map_err(sled_error)?;
-        remove_earlier_files(data_dir)?;
+        clear_snapshot_folder(data_dir)?;
         Ok(state_machine)
     }
 
@@ -141,7 +146,7 @@ impl StateMachine {
     }
 
     /// The key space frozen where the state machine stands, with its applied state as the meta.
-    fn freeze(&self) -> io::Result<(SnapshotMetaOf<TypeConfig>, FrozenDump)> {
+    fn freeze(&self) -> io::Result<(SnapshotMetaOf<TypeConfig>, SnapshotData)> {
         let (last_log_id, last_membership) = self.read_applied_state()?;
         // Every applied write goes to sled here, which a db flush makes durable; the history is
         // read from sled only if the snapshot is sent, outside this task.
@@ -150,7 +155,11 @@ impl StateMachine {
             last_log_id,
             last_membership,
         };
-        Ok((meta, dump))
+        let data = SnapshotData::Frozen {
+            dump,
+            spill_folder: self.snapshot_folder.clone(),
+        };
+        Ok((meta, data))
     }
 
     fn read_applied_state(
@@ -183,8 +192,8 @@ pub struct SnapshotBuilder {
     db: sled::Db,
     metrics: StoreMetrics,
     meta: SnapshotMetaOf<TypeConfig>,
-    /// The key space at `meta.last_log_id`, to be encoded; taken by `build_snapshot`.
-    dump: Option<FrozenDump>,
+    /// The key space at `meta.last_log_id`; taken by `build_snapshot`.
+    dump: Option<SnapshotData>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -198,12 +207,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // The key space must hold at least this state durably before openraft purges the log
         // behind the snapshot; the flush covers every tree of the db.
         self.db.flush_async().await.map_err(sled_error)?;
-        tracing::info!(last_log_id = ?self.meta.last_log_id, revision = dump.revision(), "built snapshot");
+        tracing::info!(last_log_id = ?self.meta.last_log_id, "built snapshot");
         self.metrics.snapshots_built.inc();
         // openraft keeps only the meta; the dump, dropped with it, lets compaction go on.
         Ok(SnapshotOf::<TypeConfig, SnapshotData> {
             meta: self.meta.clone(),
-            snapshot: SnapshotData::Frozen(dump),
+            snapshot: dump,
         })
     }
 }
@@ -377,18 +386,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     /// The key space where the state machine stands: at or past the last snapshot built or
-    /// installed, and durable up to that one (a snapshot's build or install flushes the db, and
-    /// so does opening it). None before anything is applied.
+    /// installed (see the module's "Must never"). None before anything is applied.
     async fn get_current_snapshot(
         &mut self,
     ) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotData>>> {
         if self.last_applied.is_none() {
             return Ok(None);
         }
-        let (meta, dump) = self.freeze()?;
+        let (meta, data) = self.freeze()?;
         Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
             meta,
-            snapshot: SnapshotData::Frozen(dump),
+            snapshot: data,
         }))
     }
 }
