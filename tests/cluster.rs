@@ -239,6 +239,47 @@ async fn a_restarted_leader_wins_a_new_term_instead_of_restoring_its_leadership(
 }
 
 /// How the leader answered follower reads so far: (vouched, with a heartbeat round).
+/// A follower read whose client goes away while its ReadIndex request is out (the leader is
+/// paused) does not stall the reads that arrived behind it: they are served once a leader
+/// answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_read_abandoned_mid_request_does_not_stall_the_reads_behind_it() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.followers(leader)[0];
+    let mut leader_client = cluster.client(leader).await;
+    let follower_client = cluster.client(follower).await;
+    follower_client
+        .clone()
+        .get("abandoned/warm-up", None)
+        .await
+        .expect("warm-up read");
+    let put = leader_client
+        .put("abandoned/k", "v", None)
+        .await
+        .expect("put on the leader");
+    let put_revision = revision(put.header());
+
+    cluster.nodes[leader].pause();
+    let mut first = follower_client.clone();
+    let abandoned = tokio::spawn(async move { first.get("abandoned/k", None).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut second = follower_client.clone();
+    let behind = tokio::spawn(async move { second.get("abandoned/k", None).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    abandoned.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.nodes[leader].resume();
+
+    let got = tokio::time::timeout(Duration::from_secs(20), behind)
+        .await
+        .expect("the read behind the abandoned one is answered")
+        .expect("read task")
+        .expect("linearizable get on the follower");
+    let kv = single(&got, "get abandoned/k on the follower");
+    assert_eq!(kv.mod_revision, put_revision);
+}
+
 fn read_index_paths(cluster: &Cluster, leader: usize) -> (f64, f64) {
     let (status, scrape) = http_get(&cluster.nodes[leader].metrics_url(), "/metrics");
     assert_eq!(status, 200);

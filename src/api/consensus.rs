@@ -273,8 +273,9 @@ impl Consensus {
                 !std::mem::replace(&mut batch.asking, true)
             };
             if start_asking {
-                let consensus = self.clone();
-                tokio::spawn(async move { consensus.ask_for_read_batches().await });
+                // This read asks for the batch itself (no task hop when reads come one at a
+                // time); a task asks for the reads that gather meanwhile.
+                self.ask_for_one_read_batch().await;
             }
             let (leader, read_log_id) = match tokio::time::timeout_at(deadline, asked).await {
                 Ok(Ok(Some(asked))) => asked,
@@ -298,7 +299,48 @@ impl Consensus {
     }
 }
 
+/// Hands the asking for read batches over to a task when dropped armed: the read that was
+/// asking stopped (its client went away), and the reads it had taken wait again; or reads
+/// gathered while it asked.
+struct HandOver<'a> {
+    consensus: Option<&'a Consensus>,
+    taken: Vec<oneshot::Sender<Asked>>,
+}
+
+impl Drop for HandOver<'_> {
+    fn drop(&mut self) {
+        if let Some(consensus) = self.consensus.take() {
+            let taken = std::mem::take(&mut self.taken);
+            if !taken.is_empty() {
+                let mut batch = consensus.read_batch.lock().expect("read batch lock");
+                batch.waiting.extend(taken);
+            }
+            let consensus = consensus.clone();
+            tokio::spawn(async move { consensus.ask_for_read_batches().await });
+        }
+    }
+}
+
 impl Consensus {
+    /// Asks the leader for a read log id for the reads waiting now (the caller's among them),
+    /// then hands the asking over to a task if more gathered meanwhile, or ends it.
+    async fn ask_for_one_read_batch(&self) {
+        let taken = std::mem::take(&mut self.read_batch.lock().expect("read batch lock").waiting);
+        let mut hand_over = HandOver {
+            consensus: Some(self),
+            taken,
+        };
+        let asked = self.ask_read_index().await;
+        for waiter in std::mem::take(&mut hand_over.taken) {
+            let _ = waiter.send(asked);
+        }
+        let mut batch = self.read_batch.lock().expect("read batch lock");
+        if batch.waiting.is_empty() {
+            batch.asking = false;
+            hand_over.consensus = None;
+        }
+    }
+
     /// Asks the leader for a read log id for each batch of waiting follower reads, one request
     /// at a time, until none is waiting.
     async fn ask_for_read_batches(&self) {

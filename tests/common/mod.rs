@@ -69,6 +69,23 @@ impl NodeProcess {
         self.child.is_some()
     }
 
+    /// Stops the running process (SIGSTOP), as a stalled machine would, until [`Node::resume`].
+    pub fn pause(&self) {
+        self.send_signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.send_signal(libc::SIGCONT);
+    }
+
+    fn send_signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("the node is running");
+        let pid = child.lock().expect("child lock").id();
+        // SAFETY: kill(2) with a pid this test spawned and has not reaped.
+        let sent = unsafe { libc::kill(pid as i32, signal) };
+        assert_eq!(sent, 0, "signal {signal} to {}", self.name);
+    }
+
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let log = File::options()
