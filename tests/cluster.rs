@@ -167,22 +167,8 @@ async fn linearizable_get_on_every_follower_sees_the_put_acknowledged_just_befor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_follower_reads_share_read_index_requests_and_see_the_acknowledged_put() {
     const READS: usize = 200;
-    let cluster = Cluster::start(3);
-    let leader = cluster.wait_for_leader().await;
-    let follower = cluster.followers(leader)[0];
-    let mut leader_client = cluster.client(leader).await;
-    let follower_client = cluster.client(follower).await;
-    // A first read, so the follower's connection to the leader is up before the burst.
-    follower_client
-        .clone()
-        .get("batched/warm-up", None)
-        .await
-        .expect("warm-up read");
-    let put = leader_client
-        .put("batched/k", "v", None)
-        .await
-        .expect("put on the leader");
-    let put_revision = revision(put.header());
+    let (cluster, leader, follower_client, put_revision) =
+        warm_follower_after_a_put("batched").await;
     let (vouched, heartbeat) = read_index_paths(&cluster, leader);
     let asked_before = vouched + heartbeat;
 
@@ -244,21 +230,8 @@ async fn a_restarted_leader_wins_a_new_term_instead_of_restoring_its_leadership(
 /// answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_read_abandoned_mid_request_does_not_stall_the_reads_behind_it() {
-    let cluster = Cluster::start(3);
-    let leader = cluster.wait_for_leader().await;
-    let follower = cluster.followers(leader)[0];
-    let mut leader_client = cluster.client(leader).await;
-    let follower_client = cluster.client(follower).await;
-    follower_client
-        .clone()
-        .get("abandoned/warm-up", None)
-        .await
-        .expect("warm-up read");
-    let put = leader_client
-        .put("abandoned/k", "v", None)
-        .await
-        .expect("put on the leader");
-    let put_revision = revision(put.header());
+    let (cluster, leader, follower_client, put_revision) =
+        warm_follower_after_a_put("abandoned").await;
 
     cluster.nodes[leader].pause();
     let mut first = follower_client.clone();
@@ -278,6 +251,27 @@ async fn a_follower_read_abandoned_mid_request_does_not_stall_the_reads_behind_i
         .expect("linearizable get on the follower");
     let kv = single(&got, "get abandoned/k on the follower");
     assert_eq!(kv.mod_revision, put_revision);
+}
+
+/// A three-node cluster, its leader, a client of one follower whose connection to the leader is
+/// up (one read done), and the revision of `<prefix>/k` = `v`, put on the leader after that.
+async fn warm_follower_after_a_put(prefix: &str) -> (Cluster, usize, Client, i64) {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.followers(leader)[0];
+    let mut leader_client = cluster.client(leader).await;
+    let follower_client = cluster.client(follower).await;
+    follower_client
+        .clone()
+        .get(format!("{prefix}/warm-up"), None)
+        .await
+        .expect("warm-up read");
+    let put = leader_client
+        .put(format!("{prefix}/k"), "v", None)
+        .await
+        .expect("put on the leader");
+    let put_revision = revision(put.header());
+    (cluster, leader, follower_client, put_revision)
 }
 
 fn read_index_paths(cluster: &Cluster, leader: usize) -> (f64, f64) {
