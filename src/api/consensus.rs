@@ -75,7 +75,8 @@ pub struct Consensus {
 #[derive(Default)]
 struct ReadBatch {
     waiting: Vec<oneshot::Sender<Asked>>,
-    /// A task is asking the leader for the batches; it ends when none is waiting.
+    /// A read, or a task after it, is asking the leader for a batch; whoever asks hands over to
+    /// a task when reads gathered meanwhile, and the asking ends when none is waiting.
     asking: bool,
 }
 
@@ -316,7 +317,7 @@ impl Drop for HandOver<'_> {
                 batch.waiting.extend(taken);
             }
             let consensus = consensus.clone();
-            tokio::spawn(async move { consensus.ask_for_read_batches().await });
+            tokio::spawn(async move { consensus.ask_for_one_read_batch().await });
         }
     }
 }
@@ -338,25 +339,6 @@ impl Consensus {
         if batch.waiting.is_empty() {
             batch.asking = false;
             hand_over.consensus = None;
-        }
-    }
-
-    /// Asks the leader for a read log id for each batch of waiting follower reads, one request
-    /// at a time, until none is waiting.
-    async fn ask_for_read_batches(&self) {
-        loop {
-            let batch = {
-                let mut batch = self.read_batch.lock().expect("read batch lock");
-                if batch.waiting.is_empty() {
-                    batch.asking = false;
-                    return;
-                }
-                std::mem::take(&mut batch.waiting)
-            };
-            let asked = self.ask_read_index().await;
-            for waiter in batch {
-                let _ = waiter.send(asked);
-            }
         }
     }
 
