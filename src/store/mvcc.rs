@@ -40,13 +40,17 @@
 //! | `0x01` live | `0x01 user_key` | in memory only (see below); an earlier layout stored it |
 //! | `0x02` history | in a dump only (see below); an earlier layout stored it | |
 //! | `0x03` extra | [`EXTRA_PREFIX`] + anything | the caller's bytes, never interpreted here |
-//! | `0x04` history | `0x04 mod_revision user_key` | `'P'` + `StoredValue`, or `'T'` |
+//! | `0x04` history | `0x04 mod_revision user_key`, a version's history key: pending writes only (an earlier layout had a tree entry each) | `'P'` + `StoredValue`, or `'T'` |
+//! | `0x05` history block | `0x05` + the history key of its first entry without `0x04` | many history entries (see [`blocks`]) |
 //!
-//! The revision is 8 bytes big-endian (always positive), so history entries sort by revision,
-//! then by user key, and every write of the tree lands at its end. The history holds every
-//! version, the current one included: a read at an older revision `R` takes, per key, the newest
-//! version with `mod_revision <= R`, and a tombstone (`'T'`, written at the deletion revision)
-//! means the key was absent at `R`.
+//! A version's history key is `0x04 mod_revision user_key`. The revision is 8 bytes big-endian
+//! (always positive), so history keys sort by revision, then by user key, and every write of the
+//! tree lands at its end. The tree packs the history entries into blocks of about 6 KiB, one run
+//! of history keys each, so handing a batch of applies to sled inserts a few values rather than
+//! one per version; the pending writes in memory stay keyed by history key. The history holds
+//! every version, the current one included: a read at an older revision `R` takes, per key, the
+//! newest version with `mod_revision <= R`, and a tombstone (`'T'`, written at the deletion
+//! revision) means the key was absent at `R`.
 //!
 //! Two maps in memory, under the same gate, say what the history holds, so that no read or write
 //! scans the tree:
@@ -82,19 +86,25 @@
 //!   Nothing is lost by waiting: the Raft log is durable before an entry is applied and is kept
 //!   back to the last snapshot, and a snapshot persists everything and flushes before it is
 //!   reported; a crash loses whole batches with their `last_applied`, which the log replays.
-//! - **Current values in memory, history in the tree.** A put is one sled insert (its history
-//!   entry) and reads nothing from sled; current reads and compares never touch sled. The cost is
-//!   memory (every current key and value, as etcd's bbolt keeps its file mapped) and a scan of the
-//!   history on every start. Measured (bench/results/2026-12-02-live-in-memory.md): with the live
-//!   entries also in sled, each put wrote two sled entries and read one, and sled was about a
-//!   third of a loaded cluster's CPU. Rejected: storing the live entries too (the earlier
-//!   layout); an index of revisions only, which still reads sled for every current value.
+//! - **Current values in memory, history in the tree.** A put writes only its history entry
+//!   (packed into a block with the others of its batch) and reads nothing from sled; current
+//!   reads and compares never touch sled. The cost is memory (every current key and value, as
+//!   etcd's bbolt keeps its file mapped) and a scan of the history on every start. Measured
+//!   (bench/results/2026-12-02-live-in-memory.md): with the live entries also in sled, each put
+//!   wrote two sled entries and read one, and sled was about a third of a loaded cluster's CPU.
+//!   Rejected: storing the live entries too (the earlier layout); an index of revisions only,
+//!   which still reads sled for every current value.
 //! - **History by revision, with an index of it in memory.** A put appends to the end of the
 //!   tree, where sled's work is cheapest, rather than inserting among the versions of its key;
 //!   measured (bench/results/2026-12-03-history-by-revision.md). The cost is memory: 16 bytes per
 //!   version still in the history, besides the key (etcd's `keyIndex` keeps the same). A read at
-//!   an older revision gets one tree entry per key; Compact finds what to drop in the index and
-//!   holds the keys it drops in memory, inside one batch.
+//!   an older revision gets one history entry per key; Compact finds what to drop in the index
+//!   and holds the keys it drops in memory, inside one batch.
+//! - **History entries packed into blocks** ([`blocks`]), cut at 6 KiB: sled's cost is per tree
+//!   entry (finding the leaf, linking a page fragment, splitting, consolidating), and bigger
+//!   persisted batches did not lower it. The cost: reading one old version reads its block (the
+//!   last one read is kept, so a dump or a range reads each block about once), and a compaction
+//!   rewrites every block it cuts entries out of.
 //! - **A gate (`RwLock`, holding what is in memory) around the tree** rather than relying on
 //!   sled's own isolation: a range scans many entries and must see all of one applied batch or
 //!   none of it, in memory and in the tree.
@@ -102,6 +112,9 @@
 //!   [`KvError`], which must stay deterministic across replicas; a local disk or decoding failure
 //!   is not an etcd answer, and serving on from a store that cannot be read is worse than a crash.
 
+mod blocks;
+
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::Bound;
@@ -179,13 +192,14 @@ impl FrozenDump {
         }
         // Every version the index held at the freeze is in the tree, at or below the frozen
         // revision, and stays there while the dump lives.
+        let mut reader = blocks::Reader::default();
         for (user_key, versions) in &self.index {
             for version in versions {
-                let entry = self
-                    .keyspace
-                    .tree
-                    .get(history_key(version.revision, user_key))
-                    .map_err(sled_error)?
+                let entry = reader
+                    .get(
+                        &self.keyspace.tree,
+                        &history_key(version.revision, user_key),
+                    )?
                     .ok_or_else(|| missing_history_entry(user_key, version.revision))?;
                 visit(&dump_key(user_key, version.revision), &entry)?;
             }
@@ -604,6 +618,8 @@ struct View<'a> {
     tree: &'a sled::Tree,
     memory: &'a Memory,
     overlay: &'a Overlay,
+    /// History entries read from the tree's blocks.
+    blocks: RefCell<blocks::Reader>,
 }
 
 impl View<'_> {
@@ -621,6 +637,9 @@ impl View<'_> {
             .or_else(|| self.memory.persisting.get(tree_key));
         if let Some(write) = in_memory {
             return Ok(write.clone());
+        }
+        if tree_key.first() == Some(&HISTORY_PREFIX) {
+            return self.blocks.borrow_mut().get(self.tree, tree_key);
         }
         Ok(self
             .tree
@@ -1058,6 +1077,7 @@ impl Apply<'_> {
             tree: self.tree,
             memory: self.memory,
             overlay: &self.overlay,
+            blocks: RefCell::default(),
         }
     }
 
@@ -1410,6 +1430,7 @@ impl KeySpace {
     pub fn open(tree: sled::Tree) -> io::Result<KeySpace> {
         drop_stored_live_entries(&tree)?;
         move_history_to_revision_order(&tree)?;
+        move_history_into_blocks(&tree)?;
         let (live, index) = load_history(tree_history(&tree))?;
         let loaded = Loaded::new(
             tree.get(META_REVISION_KEY).map_err(sled_error)?.as_deref(),
@@ -1461,11 +1482,7 @@ impl KeySpace {
             compact: self.compact_revision(),
         };
         let overlay = Overlay::new();
-        let view = View {
-            tree: &self.tree,
-            memory: &memory,
-            overlay: &overlay,
-        };
+        let view = self.view(&memory, &overlay);
         match read_range(&view, op, revisions) {
             Ok(result) => result.map(|result| (result, revision)),
             Err(error) => panic!("the key space cannot be read: {error}"),
@@ -1642,7 +1659,16 @@ impl KeySpace {
 
     fn write_to_tree(&self, writes: &Overlay) -> io::Result<()> {
         let mut batch = sled::Batch::default();
+        let history = writes.range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1]);
+        blocks::write(
+            &self.tree,
+            &mut batch,
+            history.map(|(key, value)| (key.as_slice(), value.as_deref())),
+        )?;
         for (key, value) in writes {
+            if key.first() == Some(&HISTORY_PREFIX) {
+                continue;
+            }
             match value {
                 Some(value) => batch.insert(key.as_slice(), value.as_slice()),
                 None => batch.remove(key.as_slice()),
@@ -1822,6 +1848,7 @@ impl KeySpace {
             tree: &self.tree,
             memory,
             overlay,
+            blocks: RefCell::default(),
         }
     }
 
@@ -1843,15 +1870,21 @@ impl KeySpace {
             batch.remove(key.map_err(sled_error)?);
         }
         // A batch keeps the last write per key, so a restored key's insert wins over its removal.
+        let mut history = Vec::new();
         for (key, value) in entries {
             match key.first() {
                 Some(&LIVE_PREFIX) => {}
                 Some(&DUMP_HISTORY_PREFIX) => {
                     let (user_key, revision) = parse_dump_key(&key)?;
-                    batch.insert(history_key(revision, &user_key), value);
+                    history.push((history_key(revision, &user_key), value));
                 }
                 _ => batch.insert(key, value),
             }
+        }
+        history.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        let history = history.iter().map(|(k, v)| (k.as_slice(), v.as_slice()));
+        for (block_key, block) in blocks::pack(history) {
+            batch.insert(block_key, block);
         }
         self.tree.apply_batch(batch).map_err(sled_error)?;
         // What was applied before the restore but never handed to sled is replaced too.
@@ -1922,13 +1955,12 @@ fn load_history<V: AsRef<[u8]>>(
 }
 
 /// The tree's history entries as [`load_history`] takes them.
-fn tree_history(tree: &sled::Tree) -> impl Iterator<Item = io::Result<(Vec<u8>, i64, sled::IVec)>> {
-    tree.range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1])
-        .map(|entry| {
-            let (tree_key, value) = entry.map_err(sled_error)?;
-            let (revision, user_key) = parse_history_key(&tree_key)?;
-            Ok((user_key.to_vec(), revision, value))
-        })
+fn tree_history(tree: &sled::Tree) -> impl Iterator<Item = io::Result<(Vec<u8>, i64, Vec<u8>)>> {
+    blocks::iter(tree).map(|entry| {
+        let (tree_key, value) = entry?;
+        let (revision, user_key) = parse_history_key(&tree_key)?;
+        Ok((user_key.to_vec(), revision, value))
+    })
 }
 
 /// Moves the history of a tree written by an earlier version, which kept it by key (the dump's
@@ -1951,6 +1983,33 @@ fn move_history_to_revision_order(tree: &sled::Tree) -> io::Result<()> {
             "key space: history of an earlier layout moved to revision order"
         );
     }
+    Ok(())
+}
+
+/// Packs the history of a tree written by an earlier version, which kept one tree entry per
+/// version, into blocks, in one batch.
+fn move_history_into_blocks(tree: &sled::Tree) -> io::Result<()> {
+    let mut batch = sled::Batch::default();
+    let mut history = Vec::new();
+    for entry in tree.range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1]) {
+        let (key, value) = entry.map_err(sled_error)?;
+        batch.remove(key.clone());
+        history.push((key, value));
+    }
+    if history.is_empty() {
+        return Ok(());
+    }
+    let moved = history.len();
+    let written = history
+        .iter()
+        .map(|(key, value)| (&key[..], Some(&value[..])));
+    blocks::write(tree, &mut batch, written)?;
+    tree.apply_batch(batch).map_err(sled_error)?;
+    tree.flush().map_err(sled_error)?;
+    tracing::info!(
+        moved,
+        "key space: history of an earlier layout packed into blocks"
+    );
     Ok(())
 }
 
@@ -3274,7 +3333,7 @@ pub(crate) mod tests {
         compaction
             .join()
             .expect("the compaction finishes once the dump is dropped");
-        let history = keyspace.tree.scan_prefix([HISTORY_PREFIX]).count();
+        let history = tree_history(&keyspace.tree).count();
         // a, c, d at their newest version; b's deletion removed it entirely.
         assert_eq!(history, 3, "the compaction reached sled");
     }
@@ -3619,6 +3678,54 @@ pub(crate) mod tests {
         assert_eq!(memory.index, index);
         assert_eq!(keyspace.tree.scan_prefix([LIVE_PREFIX]).count(), 0);
         assert_eq!(keyspace.tree.scan_prefix([DUMP_HISTORY_PREFIX]).count(), 0);
+        assert_eq!(keyspace.tree.scan_prefix([HISTORY_PREFIX]).count(), 0);
+    }
+
+    /// Rewrites the tree's history as the layout before the blocks kept it: one tree entry per
+    /// version, under its history key.
+    fn store_one_entry_per_version(keyspace: &KeySpace) {
+        keyspace.persist().expect("persist");
+        let mut batch = sled::Batch::default();
+        for key in keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).keys() {
+            batch.remove(key.expect("history block key"));
+        }
+        for entry in blocks::iter(&keyspace.tree) {
+            let (key, value) = entry.expect("history entry");
+            batch.insert(key, value);
+        }
+        keyspace
+            .tree
+            .apply_batch(batch)
+            .expect("store one entry per version");
+    }
+
+    #[test]
+    fn a_tree_with_one_entry_per_version_opens_with_the_same_reads_and_its_history_in_blocks() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("db");
+        let before = {
+            let db = sled::Config::new().path(&path).open().expect("open db");
+            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("open");
+            put_every_awkward_key(&keyspace);
+            run(&keyspace, delete(b"a", b"b"));
+            run(&keyspace, put(b"a", b"again"));
+            run(&keyspace, Command::Compact { revision: 5 });
+            // Enough versions for several blocks.
+            put_numbered_keys(&keyspace, 200);
+            let reads = (every_read(&keyspace), keyspace.live_key_count());
+            let hash = keyspace.hash_kv(0).expect("hash");
+            store_one_entry_per_version(&keyspace);
+            assert_eq!(keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).count(), 0);
+            assert!(keyspace.tree.scan_prefix([HISTORY_PREFIX]).count() > 200);
+            db.flush().expect("flush");
+            (reads, hash)
+        };
+        let db = open_when_released(&path);
+        let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("reopen");
+        assert!(keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).count() > 1);
+        let reads = (every_read(&keyspace), keyspace.live_key_count());
+        assert_eq!((reads, keyspace.hash_kv(0).expect("hash")), before);
+        assert_live_map_is_the_history(&keyspace);
     }
 
     /// Rewrites the tree as the earlier layouts kept it: the live entries stored, and the history
@@ -3628,8 +3735,8 @@ pub(crate) mod tests {
         let dump = keyspace.dump().expect("dump");
         let memory = keyspace.read_gate();
         let mut batch = sled::Batch::default();
-        for key in keyspace.tree.scan_prefix([HISTORY_PREFIX]).keys() {
-            batch.remove(key.expect("history key"));
+        for key in keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).keys() {
+            batch.remove(key.expect("history block key"));
         }
         for (key, value) in &dump {
             if key.first() == Some(&DUMP_HISTORY_PREFIX) {
@@ -3673,7 +3780,7 @@ pub(crate) mod tests {
             store_as_the_earlier_layout(&keyspace);
             assert!(keyspace.tree.scan_prefix([LIVE_PREFIX]).count() > 0);
             assert!(keyspace.tree.scan_prefix([DUMP_HISTORY_PREFIX]).count() > 0);
-            assert_eq!(keyspace.tree.scan_prefix([HISTORY_PREFIX]).count(), 0);
+            assert_eq!(keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).count(), 0);
             db.flush().expect("flush");
             reads
         };
