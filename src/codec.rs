@@ -3,6 +3,7 @@
 
 use std::io;
 
+use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -87,6 +88,19 @@ pub mod bytes {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     let (value, read) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    whole(value, read, bytes)
+}
+
+/// [`decode`] into a value that borrows from `bytes` (its `&[u8]` fields point into them), so
+/// that reading a field or two copies nothing.
+pub fn decode_borrowed<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> io::Result<T> {
+    let (value, read) =
+        bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    whole(value, read, bytes)
+}
+
+fn whole<T>(value: T, read: usize, bytes: &[u8]) -> io::Result<T> {
     if read != bytes.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,

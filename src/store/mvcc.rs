@@ -137,8 +137,8 @@ use serde::Serialize;
 use super::codec::Crc32c;
 use super::codec::sled_error;
 use crate::codec::Bytes;
-use crate::codec::decode;
-use crate::codec::encode;
+use crate::codec::decode_borrowed;
+use crate::codec::encode_into;
 use crate::codec::encode_to_writer;
 use crate::types::Command;
 use crate::types::CommandOutput;
@@ -307,52 +307,60 @@ const _: () = assert!(DUMP_HISTORY_PREFIX < EXTRA_PREFIX && EXTRA_PREFIX < HISTO
 const _: () = assert!(HISTORY_PUT != HISTORY_TOMBSTONE);
 const _: () = assert!(COMPACT_REVISION_INITIAL < REVISION_INITIAL);
 
-/// One version of a key as stored; the key itself is in the tree key.
+/// One version of a key as stored; the key itself is in the tree key. The value is borrowed: a
+/// put encodes the request's bytes, and a read of a field or two copies nothing.
 #[derive(Debug, Serialize, Deserialize)]
-struct StoredValue {
+struct StoredValue<'a> {
     create_revision: i64,
     mod_revision: i64,
     version: i64,
     lease: i64,
-    #[serde(with = "crate::codec::bytes")]
-    value: Vec<u8>,
+    #[serde(serialize_with = "crate::codec::bytes::serialize", borrow)]
+    value: &'a [u8],
 }
 
-impl StoredValue {
-    fn from_key_value(kv: KeyValue) -> StoredValue {
-        StoredValue {
-            create_revision: kv.create_revision,
-            mod_revision: kv.mod_revision,
-            version: kv.version,
-            lease: kv.lease,
-            value: kv.value,
+impl<'a> StoredValue<'a> {
+    /// Decodes `stored` in place and checks what every write asserts: a version exists only from
+    /// revision 2 on.
+    fn decode(stored: &'a [u8]) -> io::Result<StoredValue<'a>> {
+        let version = decode_borrowed::<StoredValue>(stored)?;
+        if version.version < 1
+            || version.create_revision <= REVISION_INITIAL
+            || version.create_revision > version.mod_revision
+        {
+            return Err(invalid_data(format!(
+                "stored version breaks its invariants: {version:?}"
+            )));
         }
+        Ok(version)
     }
 
-    fn into_key_value(self, key: Vec<u8>) -> KeyValue {
+    fn to_key_value(&self, key: &[u8]) -> KeyValue {
         KeyValue {
-            key,
+            key: key.to_vec(),
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
             version: self.version,
-            value: self.value,
+            value: self.value.to_vec(),
             lease: self.lease,
         }
+    }
+
+    /// The history value of this version: [`HISTORY_PUT`], then the version encoded.
+    fn history_value(&self) -> io::Result<Vec<u8>> {
+        assert!(
+            self.version >= 1 && self.create_revision <= self.mod_revision,
+            "written version {self:?}"
+        );
+        let mut entry = Vec::with_capacity(1 + 4 * 10 + 5 + self.value.len());
+        entry.push(HISTORY_PUT);
+        encode_into(self, &mut entry)?;
+        Ok(entry)
     }
 }
 
 fn decode_key_value(key: &[u8], stored: &[u8]) -> io::Result<KeyValue> {
-    let kv = decode::<StoredValue>(stored)?.into_key_value(key.to_vec());
-    // Read-back check of what every write asserts: a version exists only from revision 2 on.
-    if kv.version < 1
-        || kv.create_revision <= REVISION_INITIAL
-        || kv.create_revision > kv.mod_revision
-    {
-        return Err(invalid_data(format!(
-            "stored version breaks its invariants: {kv:?}"
-        )));
-    }
-    Ok(kv)
+    Ok(StoredValue::decode(stored)?.to_key_value(key))
 }
 
 fn invalid_data(message: String) -> io::Error {
@@ -786,13 +794,6 @@ impl View<'_> {
         })
     }
 
-    fn get_live(&self, user_key: &[u8]) -> io::Result<Option<KeyValue>> {
-        match self.get(&live_key(user_key))? {
-            Some(stored) => Ok(Some(decode_key_value(user_key, &stored)?)),
-            None => Ok(None),
-        }
-    }
-
     /// Visits (user key, encoded [`StoredValue`]) of every key of `range` in the current state.
     fn scan_live(
         &self,
@@ -1068,7 +1069,10 @@ struct Apply<'a> {
     changed: bool,
     /// Overlay entries as they were before the command in progress first wrote each tree key
     /// (`None`: the key was not in the overlay), so an etcd error can undo the whole command.
+    /// Kept for a txn only: every other command fails, if at all, before it writes.
     undo: BTreeMap<Vec<u8>, Option<PendingWrite>>,
+    /// Whether the command in progress is a txn, which keeps `undo`.
+    undoable: bool,
 }
 
 impl Apply<'_> {
@@ -1091,6 +1095,7 @@ impl Apply<'_> {
         let live_key_count_before = self.live_key_count;
         self.changed = false;
         self.undo.clear();
+        self.undoable = matches!(command, Command::Txn(_));
 
         let result = match command {
             Command::Put(op) => self.put(op)?.map(|prev_kv| CommandOutput::Put { prev_kv }),
@@ -1125,6 +1130,10 @@ impl Apply<'_> {
             }
             Ok(_) => assert_eq!(self.revision, revision_before),
             Err(_) => {
+                assert!(
+                    self.undoable || !self.changed,
+                    "only a txn fails after it wrote"
+                );
                 self.rollback();
                 self.live_key_count = live_key_count_before;
                 self.changed = false;
@@ -1141,7 +1150,7 @@ impl Apply<'_> {
     }
 
     fn write(&mut self, tree_key: Vec<u8>, value: Option<Vec<u8>>) {
-        if !self.undo.contains_key(&tree_key) {
+        if self.undoable && !self.undo.contains_key(&tree_key) {
             let before = self.overlay.get(&tree_key).cloned();
             self.undo.insert(tree_key.clone(), before);
         }
@@ -1157,27 +1166,22 @@ impl Apply<'_> {
         }
     }
 
-    /// Writes `kv` as the current version and into the history.
-    fn write_version(&mut self, kv: KeyValue) -> io::Result<()> {
-        assert_eq!(
-            kv.mod_revision,
-            self.write_revision(),
-            "a written key takes the new revision"
-        );
-        assert!(
-            kv.version >= 1 && kv.create_revision <= kv.mod_revision,
-            "written version {kv:?}"
-        );
-        let live = live_key(&kv.key);
-        let history = history_key(kv.mod_revision, &kv.key);
-        let stored = encode(&StoredValue::from_key_value(kv))?;
-        let mut history_value = Vec::with_capacity(1 + stored.len());
-        history_value.push(HISTORY_PUT);
-        history_value.extend_from_slice(&stored);
-        self.write(live, Some(stored));
+    /// Writes the new version of `user_key` (live entry `live`) as the current version and into
+    /// the history, from its history value ([`StoredValue::history_value`]).
+    fn write_version(&mut self, user_key: &[u8], live: Vec<u8>, history_value: Vec<u8>) {
+        let history = history_key(self.write_revision(), user_key);
+        self.write(live, Some(history_value[1..].to_vec()));
         self.write(history, Some(history_value));
         self.changed = true;
-        Ok(())
+    }
+
+    /// The stored current version of the key whose live entry is `live`, read in place, as the
+    /// commands so far left it.
+    fn live_value(&self, live: &[u8]) -> Option<&[u8]> {
+        match self.overlay.get(live) {
+            Some(write) => write.as_deref(),
+            None => self.memory.live.get(live).map(Vec::as_slice),
+        }
     }
 
     fn write_tombstone(&mut self, user_key: &[u8]) {
@@ -1194,30 +1198,39 @@ impl Apply<'_> {
         if op.lease != 0 {
             return Ok(Err(KvError::LeaseNotFound));
         }
-        let previous = self.view().get_live(&op.key)?;
+        let live = live_key(&op.key);
+        let revision = self.write_revision();
+        // The current version is read in place; only what the response returns is copied.
+        let previous = match self.live_value(&live) {
+            Some(stored) => Some(StoredValue::decode(stored)?),
+            None => None,
+        };
         if (op.ignore_value || op.ignore_lease) && previous.is_none() {
             return Ok(Err(KvError::KeyNotFound));
         }
-        let revision = self.write_revision();
-        let kv = KeyValue {
-            key: op.key.clone(),
-            create_revision: previous.as_ref().map_or(revision, |kv| kv.create_revision),
+        let history_value = StoredValue {
+            create_revision: previous.as_ref().map_or(revision, |p| p.create_revision),
             mod_revision: revision,
-            version: previous.as_ref().map_or(1, |kv| kv.version + 1),
-            value: match (&previous, op.ignore_value) {
-                (Some(previous), true) => previous.value.clone(),
-                _ => op.value.clone(),
-            },
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
             lease: match (&previous, op.ignore_lease) {
                 (Some(previous), true) => previous.lease,
                 _ => op.lease,
             },
-        };
-        self.write_version(kv)?;
-        if previous.is_none() {
+            value: match (&previous, op.ignore_value) {
+                (Some(previous), true) => previous.value,
+                _ => &op.value,
+            },
+        }
+        .history_value()?;
+        let created = previous.is_none();
+        let prev_kv = previous
+            .filter(|_| op.prev_kv)
+            .map(|previous| previous.to_key_value(&op.key));
+        self.write_version(&op.key, live, history_value);
+        if created {
             self.live_key_count += 1;
         }
-        Ok(Ok(if op.prev_kv { previous } else { None }))
+        Ok(Ok(prev_kv))
     }
 
     /// Returns the number of deleted keys and, if asked, their last versions.
@@ -1526,6 +1539,7 @@ impl KeySpace {
             live_key_count: self.live_key_count(),
             changed: false,
             undo: BTreeMap::new(),
+            undoable: false,
         };
         let mut responses = Vec::with_capacity(commands.len());
         for command in commands {
@@ -1928,11 +1942,11 @@ fn load_history<V: AsRef<[u8]>>(
             live.remove(&live_key(&user_key));
         } else {
             let stored = &value[1..];
-            let kv = decode_key_value(&user_key, stored)?;
-            if kv.mod_revision != revision {
+            let version = StoredValue::decode(stored)?;
+            if version.mod_revision != revision {
                 return Err(invalid_data(format!(
                     "history entry of key {user_key:?} at revision {revision} holds mod revision {}",
-                    kv.mod_revision
+                    version.mod_revision
                 )));
             }
             live.insert(live_key(&user_key), stored.to_vec());
@@ -2090,6 +2104,8 @@ fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, LiveMap,
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::codec::decode;
+    use crate::codec::encode;
 
     /// Puts every key of [`awkward_keys`], the n-th with the one-byte value n.
     fn put_every_awkward_key(keyspace: &KeySpace) {
@@ -3100,6 +3116,52 @@ pub(crate) mod tests {
         ];
         keys.sort();
         keys
+    }
+
+    #[test]
+    fn a_stored_version_encodes_as_the_owned_layout_that_earlier_versions_wrote() {
+        // The layout every earlier version wrote, with an owned value: trees, dumps and
+        // snapshots hold it.
+        #[derive(Serialize)]
+        struct Owned {
+            create_revision: i64,
+            mod_revision: i64,
+            version: i64,
+            lease: i64,
+            #[serde(with = "crate::codec::bytes")]
+            value: Vec<u8>,
+        }
+        for value in [Vec::new(), b"v".to_vec(), vec![0xFF; 300], vec![7; 70_000]] {
+            let owned = Owned {
+                create_revision: 2,
+                mod_revision: 1 << 40,
+                version: 3,
+                lease: -1,
+                value: value.clone(),
+            };
+            let stored = StoredValue {
+                create_revision: 2,
+                mod_revision: 1 << 40,
+                version: 3,
+                lease: -1,
+                value: &value,
+            };
+            let encoded = encode(&owned).expect("encode");
+            assert_eq!(stored.history_value().expect("encode")[1..], encoded);
+            let decoded = StoredValue::decode(&encoded).expect("decode in place");
+            assert_eq!(decoded.value, value.as_slice());
+            assert_eq!(
+                decoded.to_key_value(b"k"),
+                KeyValue {
+                    key: b"k".to_vec(),
+                    create_revision: 2,
+                    mod_revision: 1 << 40,
+                    version: 3,
+                    value: value.clone(),
+                    lease: -1,
+                }
+            );
+        }
     }
 
     #[test]
