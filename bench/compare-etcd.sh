@@ -8,7 +8,9 @@
 #   bench/compare-etcd.sh                      # ROUNDS=2 DURATION=10 by default
 #   ROUNDS=3 DURATION=20 bench/compare-etcd.sh
 #
-# Every process it starts is killed by pid on exit; data lives in a temporary folder.
+# Every process it starts is killed by pid on exit; data lives in a temporary folder. The table
+# also lists errors by round and gRPC code and QuorumDB's snapshots per member and round; the
+# member logs of a round with errors are kept in /tmp/compare-etcd-logs-<system>-<round>.*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,7 @@ trap cleanup EXIT
 
 CLIENT_PORTS=(24379 25379 26379)
 PEER_PORTS=(24380 25380 26380)
+METRICS_PORTS=(24381 25381 26381)
 ENDPOINTS=$(printf 'http://127.0.0.1:%s,' "${CLIENT_PORTS[@]}"); ENDPOINTS=${ENDPOINTS%,}
 MEMBERS=()
 
@@ -51,7 +54,8 @@ start_cluster() { # $1 = etcd | quorumdb, $2 = data folder
         --initial-cluster-state new --log-level error >"$data/m$i.log" 2>&1 &
     else
       "$BIN" server --name "m$i" --data-dir "$data/m$i" --listen-client-urls "$client" \
-        --listen-peer-urls "$peer" --initial-cluster "$cluster" >"$data/m$i.log" 2>&1 &
+        --listen-peer-urls "$peer" --initial-cluster "$cluster" \
+        --listen-metrics-urls "http://127.0.0.1:${METRICS_PORTS[$i]}" >"$data/m$i.log" 2>&1 &
     fi
     PIDS+=($!); MEMBERS+=($!)
   done
@@ -96,6 +100,7 @@ get-serializable-1 range-serializable 1 1 all
 get-serializable-1000 range-serializable 1000 32 all"
 
 RESULTS=$WORK/results.jsonl
+SNAPSHOTS=$WORK/snapshots.txt
 TICKS_PER_SECOND=$(getconf CLK_TCK)
 for round in $(seq 1 "$ROUNDS"); do
   for system in quorumdb etcd; do
@@ -122,20 +127,36 @@ name, system, round_, ticks, hz, rss = sys.argv[1:7]
 cpu_ms = int(ticks) * 1000.0 / int(hz)
 print(json.dumps({"row": name, "system": system, "round": int(round_), "qps": r["qps"],
   "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
-  "errors": sum(r["errors"].values()),
+  "errors": sum(r["errors"].values()), "error_codes": r["errors"],
   "cpu_ms_per_1k": cpu_ms / max(r["requests_ok"], 1) * 1000, "rss_mib": int(rss) / 1024}))' \
         "$name" "$system" "$round" "$((after - before))" "$TICKS_PER_SECOND" "$(peak_rss_kib)" >>"$RESULTS"
       echo "  $name done" >&2
     done <<<"$MATRIX"
+    if [ "$system" = quorumdb ]; then
+      # Snapshots built, sent and installed per member: a follower that fell behind the log
+      # kept after a snapshot catches up by one, and reads on it wait meanwhile.
+      for i in 0 1 2; do
+        counters=$(curl -s "http://127.0.0.1:${METRICS_PORTS[$i]}/metrics" |
+          awk '/^quorumdb_snapshots_(built|sent|installed)_total/ {sub("quorumdb_snapshots_", ""); sub("_total", ""); printf "%s=%s ", $1, $2}')
+        echo "round $round m$i: $counters" >>"$SNAPSHOTS"
+      done
+    fi
     stop_cluster
+    # Any error in a round: keep its member logs outside the temporary folder.
+    if python3 -c 'import json,sys; sys.exit(0 if any(json.loads(l)["errors"] and json.loads(l)["round"] == int(sys.argv[2]) and json.loads(l)["system"] == sys.argv[3] for l in open(sys.argv[1])) else 1)' "$RESULTS" "$round" "$system"; then
+      kept=$(mktemp -d "/tmp/compare-etcd-logs-$system-$round.XXXX")
+      cp "$data"/*.log "$kept"/
+      echo "  errors in round $round of $system: member logs kept in $kept" >&2
+    fi
   done
 done
 
 mkdir -p "$(dirname "$OUT")"
 python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$(git rev-parse --short HEAD)" "$(nproc)" \
-  "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)" "$(etcd --version | head -1)" <<'PY'
+  "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)" "$(etcd --version | head -1)" \
+  "$SNAPSHOTS" <<'PY'
 import json, statistics, sys, datetime
-path, out, rounds, duration, commit, cores, cpu, etcd = sys.argv[1:9]
+path, out, rounds, duration, commit, cores, cpu, etcd, snapshots = sys.argv[1:10]
 rows = {}
 for line in open(path):
     r = json.loads(line)
@@ -159,6 +180,13 @@ for name, by in rows.items():
         f"{med(q,'p50'):.2f} / {med(q,'p99'):.2f} | {med(e,'p50'):.2f} / {med(e,'p99'):.2f} | "
         f"{med(q,'cpu_ms_per_1k'):.0f} | {med(e,'cpu_ms_per_1k'):.0f} | {max(x['rss_mib'] for x in q):.0f} | "
         f"{max(x['rss_mib'] for x in e):.0f} | {sum(x['errors'] for x in q)}/{sum(x['errors'] for x in e)} |")
+errors = [json.loads(line) for line in open(path)]
+errors = [r for r in errors if r["errors"]]
+if errors:
+    lines += ["", "Errors by round and gRPC code (the table's errors column sums the rounds):", ""]
+    lines += [f"- round {r['round']} {r['system']} {r['row']}: {r['error_codes']}" for r in errors]
+lines += ["", "QuorumDB snapshots per member at the end of each round:", ""]
+lines += [f"- {line.strip()}" for line in open(snapshots)]
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
