@@ -1990,13 +1990,27 @@ fn move_history_to_revision_order(tree: &sled::Tree) -> io::Result<()> {
         moved += 1;
     }
     if moved > 0 {
-        tree.apply_batch(batch).map_err(sled_error)?;
-        tree.flush().map_err(sled_error)?;
-        tracing::info!(
+        apply_upgrade(
+            tree,
+            batch,
             moved,
-            "key space: history of an earlier layout moved to revision order"
-        );
+            "key space: history of an earlier layout moved to revision order",
+        )?;
     }
+    Ok(())
+}
+
+/// Applies the batch that upgrades a tree of an earlier layout, flushes it, and logs how many
+/// entries it changed.
+fn apply_upgrade(
+    tree: &sled::Tree,
+    batch: sled::Batch,
+    entries: usize,
+    what: &'static str,
+) -> io::Result<()> {
+    tree.apply_batch(batch).map_err(sled_error)?;
+    tree.flush().map_err(sled_error)?;
+    tracing::info!(entries, "{what}");
     Ok(())
 }
 
@@ -2018,13 +2032,12 @@ fn move_history_into_blocks(tree: &sled::Tree) -> io::Result<()> {
         .iter()
         .map(|(key, value)| (&key[..], Some(&value[..])));
     blocks::write(tree, &mut batch, written)?;
-    tree.apply_batch(batch).map_err(sled_error)?;
-    tree.flush().map_err(sled_error)?;
-    tracing::info!(
+    apply_upgrade(
+        tree,
+        batch,
         moved,
-        "key space: history of an earlier layout packed into blocks"
-    );
-    Ok(())
+        "key space: history of an earlier layout packed into blocks",
+    )
 }
 
 /// Removes the live entries a tree written before they moved to memory still holds, in one
@@ -2037,12 +2050,12 @@ fn drop_stored_live_entries(tree: &sled::Tree) -> io::Result<()> {
         dropped += 1;
     }
     if dropped > 0 {
-        tree.apply_batch(batch).map_err(sled_error)?;
-        tree.flush().map_err(sled_error)?;
-        tracing::info!(
+        apply_upgrade(
+            tree,
+            batch,
             dropped,
-            "key space: stored live entries of an earlier layout dropped (now kept in memory)"
-        );
+            "key space: stored live entries of an earlier layout dropped (now kept in memory)",
+        )?;
     }
     Ok(())
 }

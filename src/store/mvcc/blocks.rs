@@ -90,6 +90,15 @@ fn entries(block: &[u8]) -> impl Iterator<Item = io::Result<(&[u8], &[u8])>> {
     })
 }
 
+/// The suffix of the last entry of `block`; `None` for an empty block (never stored).
+fn last_suffix(block: &[u8]) -> io::Result<Option<&[u8]>> {
+    let mut last = None;
+    for entry in entries(block) {
+        last = Some(entry?.0);
+    }
+    Ok(last)
+}
+
 /// Packs history entries (history key, value), in ascending key order, into blocks: (tree key,
 /// block).
 pub(super) fn pack<'e>(
@@ -162,12 +171,8 @@ impl Reader {
             let Some((key, block)) = block_of(tree, suffix)? else {
                 return Ok(None);
             };
-            let mut last_suffix = &[][..];
-            for entry in entries(&block) {
-                last_suffix = entry?.0;
-            }
-            let last_suffix = last_suffix.to_vec();
-            self.last = Some((key, last_suffix, block));
+            let last = last_suffix(&block)?.unwrap_or_default().to_vec();
+            self.last = Some((key, last, block));
         }
         let (_, _, block) = self.last.as_ref().expect("read above");
         for entry in entries(block) {
@@ -207,11 +212,7 @@ fn newest_suffix(tree: &sled::Tree) -> io::Result<Option<Vec<u8>>> {
         return Ok(None);
     };
     let (_, block) = last_block.map_err(sled_error)?;
-    let mut newest = None;
-    for entry in entries(&block) {
-        newest = Some(entry?.0);
-    }
-    Ok(newest.map(<[u8]>::to_vec))
+    Ok(last_suffix(&block)?.map(<[u8]>::to_vec))
 }
 
 /// Adds history writes (history key, `Some(value)` to insert or `None` to remove), in ascending
