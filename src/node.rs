@@ -23,6 +23,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::InitializeError;
 use openraft::errors::RaftError;
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -549,25 +550,30 @@ async fn join_existing_cluster(config: &mut NodeConfig) -> Result<(), NodeError>
 }
 
 /// Accepted client connections: no Nagle delay (small requests, latency matters), and etcd Go
-/// clients' scheme-prefixed `:authority` normalised for h2 (see [`api::authority`]).
+/// clients' scheme-prefixed `:authority` normalised for h2 (see [`api::authority`]), and one
+/// write per HTTP/2 flush (see [`network::CoalescedWrites`]).
 fn client_connections(
     listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<api::authority::AuthorityFix>> {
+) -> impl futures::Stream<
+    Item = std::io::Result<api::authority::AuthorityFix<network::CoalescedWrites<TcpStream>>>,
+> {
     TcpListenerStream::new(listener).map(|accepted| {
         accepted.map(|stream| {
             let _ = stream.set_nodelay(true);
-            api::authority::AuthorityFix::new(stream)
+            api::authority::AuthorityFix::new(network::CoalescedWrites::new(stream))
         })
     })
 }
 
 /// Accepted peer connections, without Nagle delay: Raft messages are small and latency-bound.
+/// Writes go out once per HTTP/2 flush (see [`network::CoalescedWrites`]).
 fn peer_connections(
     listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+) -> impl futures::Stream<Item = std::io::Result<network::CoalescedWrites<TcpStream>>> {
     TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|stream| {
+        accepted.map(|stream| {
             let _ = stream.set_nodelay(true);
+            network::CoalescedWrites::new(stream)
         })
     })
 }

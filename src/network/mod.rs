@@ -12,6 +12,7 @@
 //!
 //! Must never: touch storage; decide anything about client semantics.
 
+mod coalesced_writes;
 mod faults;
 mod forward;
 pub mod membership;
@@ -20,6 +21,7 @@ mod raft_network;
 pub mod read_index;
 mod server;
 
+pub use coalesced_writes::CoalescedWrites;
 pub use faults::FaultPlan;
 pub use faults::Faults;
 pub use forward::ForwardFailure;

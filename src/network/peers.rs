@@ -5,10 +5,14 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
+use tower::ServiceExt;
 
+use super::CoalescedWrites;
 use super::Faults;
 use crate::limits::PEER_KEEPALIVE_INTERVAL_MS;
 use crate::limits::PEER_KEEPALIVE_TIMEOUT_MS;
@@ -24,6 +28,26 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Snapshots this node sent to a follower that took them (a metric).
     pub(crate) snapshots_sent: Counter,
+}
+
+/// TCP connections to peers, without Nagle delay (Raft messages are small and latency-bound),
+/// whose writes go out once per HTTP/2 flush ([`CoalescedWrites`]): a forwarded put with a
+/// 256-byte value is one write, not two. The connector is tonic's own (an `HttpConnector`), so
+/// connect errors read the same, which [`super::never_delivered`] relies on.
+fn peer_connector() -> impl tower::Service<
+    http::Uri,
+    Response = TokioIo<CoalescedWrites<tokio::net::TcpStream>>,
+    Error: std::error::Error + Send + Sync + 'static,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.map_response(|io: TokioIo<tokio::net::TcpStream>| {
+        TokioIo::new(CoalescedWrites::new(io.into_inner()))
+    })
 }
 
 /// Why a peer could not be called at all: nothing was sent, so retrying elsewhere is safe.
@@ -71,11 +95,10 @@ impl Peers {
                         reason: e.to_string(),
                     })?
                     .connect_timeout(Duration::from_millis(PEER_RPC_TIMEOUT_MS))
-                    .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_millis(PEER_KEEPALIVE_INTERVAL_MS))
                     .keep_alive_timeout(Duration::from_millis(PEER_KEEPALIVE_TIMEOUT_MS))
                     .keep_alive_while_idle(true);
-                let channel = endpoint.connect_lazy();
+                let channel = endpoint.connect_with_connector_lazy(peer_connector());
                 channels.insert(peer_url.to_string(), channel.clone());
                 channel
             }
