@@ -14,6 +14,8 @@
 //! underneath: it holds what h2 writes until h2 flushes, and sends a payload that does not fit
 //! beside it together with what it holds, so a large frame still costs one write, as before.
 //!
+//! It holds at most `BUFFER_BYTES` (16 KiB) per connection, as much as h2's own write buffer.
+//!
 //! Must never: hold a byte past a flush; take more of a write than it reports taken; change
 //! reads.
 
