@@ -300,7 +300,14 @@ async fn bad_membership_requests_get_etcd_errors_and_change_nothing() {
         let leader = cluster.wait_for_leader().await;
         let follower = cluster.followers(leader)[0];
         let mut client = cluster.client(follower).await;
-        let (voters_before, _) = roles(&mut client).await;
+        // Serializable on the follower: wait until it has applied the initial membership, or
+        // "before" is empty and no later list can equal it.
+        let (voters_before, _) = roles_once(&mut client, |voters, _| voters.len() == 3).await;
+        assert_eq!(
+            voters_before.len(),
+            3,
+            "the three voters, listed by the follower"
+        );
 
         let code_and_message = |e: etcd_client::Error| match e {
             etcd_client::Error::GRpcStatus(status) => (status.code(), status.message().to_string()),
