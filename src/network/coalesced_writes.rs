@@ -66,14 +66,10 @@ impl<S: AsyncWrite + Unpin> CoalescedWrites<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Takes `bufs` (total `len` bytes): into the buffer if they fit, else to the socket after
-    /// what is held, in one vectored write. Returns how many of `bufs`' bytes were taken.
-    fn take(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-        len: usize,
-    ) -> Poll<io::Result<usize>> {
+    /// Takes `bufs`: into the buffer if they fit, else to the socket after what is held, in one
+    /// vectored write. Returns how many of `bufs`' bytes were taken.
+    fn take(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let len: usize = bufs.iter().map(|buf| buf.len()).sum();
         if self.held.len() + len <= BUFFER_BYTES {
             for buf in bufs {
                 self.held.extend_from_slice(buf);
@@ -119,7 +115,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.take(cx, &[IoSlice::new(buf)], buf.len())
+        self.take(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -127,8 +123,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<S> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let len = bufs.iter().map(|buf| buf.len()).sum();
-        self.take(cx, bufs, len)
+        self.take(cx, bufs)
     }
 
     /// Not vectored, to h2: see the module docs. Writes are still combined underneath.
