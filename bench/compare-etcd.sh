@@ -128,6 +128,7 @@ cpu_ms = int(ticks) * 1000.0 / int(hz)
 print(json.dumps({"row": name, "system": system, "round": int(round_), "qps": r["qps"],
   "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
   "errors": sum(r["errors"].values()), "error_codes": r["errors"],
+  "error_samples": r.get("error_samples", {}),
   "cpu_ms_per_1k": cpu_ms / max(r["requests_ok"], 1) * 1000, "rss_mib": int(rss) / 1024}))' \
         "$name" "$system" "$round" "$((after - before))" "$TICKS_PER_SECOND" "$(peak_rss_kib)" >>"$RESULTS"
       echo "  $name done" >&2
@@ -184,7 +185,10 @@ errors = [json.loads(line) for line in open(path)]
 errors = [r for r in errors if r["errors"]]
 if errors:
     lines += ["", "Errors by round and gRPC code (the table's errors column sums the rounds):", ""]
-    lines += [f"- round {r['round']} {r['system']} {r['row']}: {r['error_codes']}" for r in errors]
+    for r in errors:
+        lines.append(f"- round {r['round']} {r['system']} {r['row']}: {r['error_codes']}")
+        lines += [f"  - {code} from {s['first_at_secs']:.2f} s to {s['last_at_secs']:.2f} s, first: {s['first_message']}"
+                  for code, s in r.get("error_samples", {}).items()]
 lines += ["", "QuorumDB snapshots per member at the end of each round:", ""]
 lines += [f"- {line.strip()}" for line in open(snapshots)]
 open(out, "w").write("\n".join(lines) + "\n")

@@ -124,9 +124,59 @@ pub struct Report {
     pub requests_ok: u64,
     /// Failed requests by gRPC code name.
     pub errors: BTreeMap<String, u64>,
+    /// For each code in `errors`: the first failure's message and when failures of it came.
+    pub error_samples: BTreeMap<String, ErrorSample>,
     pub duration_secs: f64,
     pub qps: f64,
     pub latency_ms: LatencyMs,
+}
+
+/// What the failures of one gRPC code looked like, so a report says which cause it was (one
+/// code, `Unavailable` say, covers several) and whether the failures came together.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErrorSample {
+    /// The message of the earliest failure of this code, as the server sent it.
+    pub first_message: String,
+    /// Seconds from the start of the run to the earliest and the latest failure of this code.
+    pub first_at_secs: f64,
+    pub last_at_secs: f64,
+}
+
+/// Failures of one code as a client (and then the run) counts them.
+#[derive(Debug, Clone)]
+struct ErrorTally {
+    count: u64,
+    sample: ErrorSample,
+}
+
+impl ErrorTally {
+    fn record(tallies: &mut BTreeMap<String, ErrorTally>, status: &tonic::Status, at_secs: f64) {
+        let code = format!("{:?}", status.code());
+        match tallies.get_mut(&code) {
+            Some(tally) => {
+                tally.count += 1;
+                tally.sample.last_at_secs = at_secs;
+            }
+            None => {
+                let sample = ErrorSample {
+                    first_message: status.message().to_string(),
+                    first_at_secs: at_secs,
+                    last_at_secs: at_secs,
+                };
+                tallies.insert(code, ErrorTally { count: 1, sample });
+            }
+        }
+    }
+
+    /// Folds another client's tally of the same code into this one.
+    fn merge(&mut self, other: ErrorTally) {
+        self.count += other.count;
+        if other.sample.first_at_secs < self.sample.first_at_secs {
+            self.sample.first_message = other.sample.first_message;
+            self.sample.first_at_secs = other.sample.first_at_secs;
+        }
+        self.sample.last_at_secs = self.sample.last_at_secs.max(other.sample.last_at_secs);
+    }
 }
 
 /// splitmix64: a tiny, well-mixed generator; enough to pick keys reproducibly.
@@ -238,13 +288,13 @@ async fn followers(endpoints: &[String]) -> Result<Vec<String>, BenchError> {
     Ok(followers)
 }
 
-/// One request of the workload; `Err` carries the gRPC code name.
+/// One request of the workload.
 async fn request(
     client: &mut KvClient<Channel>,
     args: &BenchArgs,
     key: Vec<u8>,
     read: bool,
-) -> Result<(), String> {
+) -> Result<(), tonic::Status> {
     let value = vec![b'v'; args.val_size];
     let timeout = Duration::from_millis(BENCH_REQUEST_TIMEOUT_MS);
     let put = etcd::PutRequest {
@@ -257,7 +307,7 @@ async fn request(
         serializable,
         ..Default::default()
     };
-    let outcome = match (args.workload, read) {
+    match (args.workload, read) {
         (Workload::Put, _) | (Workload::Mixed, false) => {
             let mut r = tonic::Request::new(put);
             r.set_timeout(timeout);
@@ -285,8 +335,7 @@ async fn request(
             r.set_timeout(timeout);
             client.txn(r).await.map(|_| ())
         }
-    };
-    outcome.map_err(|status| format!("{:?}", status.code()))
+    }
 }
 
 /// Runs the benchmark to completion and reports it.
@@ -319,7 +368,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
                 SplitMix64::new(seed ^ (client_index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
-                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                let mut errors: BTreeMap<String, ErrorTally> = BTreeMap::new();
                 loop {
                     let n = issued.fetch_add(1, Ordering::Relaxed);
                     match args.total {
@@ -336,7 +385,11 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
                     let sent = Instant::now();
                     match request(&mut client, &args, key(key_number, args.key_size), read).await {
                         Ok(()) => latencies.push(sent.elapsed().as_micros() as u64),
-                        Err(code) => *errors.entry(code).or_default() += 1,
+                        Err(status) => ErrorTally::record(
+                            &mut errors,
+                            &status,
+                            started.elapsed().as_secs_f64(),
+                        ),
                     }
                 }
                 (latencies, errors)
@@ -345,12 +398,17 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         .collect();
 
     let mut latencies = Vec::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut tallies: BTreeMap<String, ErrorTally> = BTreeMap::new();
     for task in tasks {
         let (client_latencies, client_errors) = task.await.expect("benchmark client task");
         latencies.extend(client_latencies);
-        for (code, count) in client_errors {
-            *errors.entry(code).or_default() += count;
+        for (code, tally) in client_errors {
+            match tallies.get_mut(&code) {
+                Some(total) => total.merge(tally),
+                None => {
+                    tallies.insert(code, tally);
+                }
+            }
         }
     }
     let duration_secs = started.elapsed().as_secs_f64();
@@ -362,7 +420,8 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         clients: args.clients,
         seed,
         requests_ok: latencies.len() as u64,
-        errors,
+        errors: tallies.iter().map(|(c, t)| (c.clone(), t.count)).collect(),
+        error_samples: tallies.into_iter().map(|(c, t)| (c, t.sample)).collect(),
         duration_secs,
         qps: latencies.len() as f64 / duration_secs,
         latency_ms: percentiles(&latencies),
@@ -374,7 +433,7 @@ impl Report {
     pub fn to_text(&self) -> String {
         let l = &self.latency_ms;
         let errors: u64 = self.errors.values().sum();
-        format!(
+        let mut text = format!(
             "workload {:?}, {} clients over {} connections, seed {}\n\
              requests ok {} in {:.2} s: {:.0} requests/s, errors {} {:?}\n\
              latency ms: min {:.3}  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
@@ -393,7 +452,14 @@ impl Report {
             l.p99,
             l.p999,
             l.max
-        )
+        );
+        for (code, sample) in &self.error_samples {
+            text.push_str(&format!(
+                "\n{code}: from {:.2} s to {:.2} s, first: {}",
+                sample.first_at_secs, sample.last_at_secs, sample.first_message
+            ));
+        }
+        text
     }
 }
 
@@ -410,6 +476,35 @@ mod tests {
             (1.0, 500.0, 900.0, 990.0, 999.0, 1000.0)
         );
         assert_eq!(percentiles(&[]), LatencyMs::default());
+    }
+
+    #[test]
+    fn error_tallies_keep_the_earliest_message_and_the_span_of_each_code() {
+        let mut first_client = BTreeMap::new();
+        let mut second_client = BTreeMap::new();
+        ErrorTally::record(&mut first_client, &tonic::Status::unavailable("later"), 2.0);
+        ErrorTally::record(&mut first_client, &tonic::Status::unavailable("last"), 5.0);
+        ErrorTally::record(
+            &mut second_client,
+            &tonic::Status::unavailable("earliest"),
+            1.0,
+        );
+        ErrorTally::record(
+            &mut second_client,
+            &tonic::Status::unavailable("other"),
+            3.0,
+        );
+        let mut total = first_client.remove("Unavailable").unwrap();
+        total.merge(second_client.remove("Unavailable").unwrap());
+        assert_eq!(total.count, 4);
+        assert_eq!(
+            total.sample,
+            ErrorSample {
+                first_message: "earliest".into(),
+                first_at_secs: 1.0,
+                last_at_secs: 5.0,
+            }
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `quorumdb bench` against a real node: it drives load over the etcd API, reports figures that
-//! hang together, stops by itself, and refuses nonsense flags with usage exit code 2.
+//! hang together and failures with the server's message, stops by itself, and refuses nonsense
+//! flags with usage exit code 2.
 
 mod common;
 
@@ -93,6 +94,31 @@ async fn bench_drives_puts_and_reads_and_reports_consistent_figures() {
         .await
         .expect("count the keys");
     assert!(count.count() > 0, "bench wrote no keys");
+
+    // Failures are counted by code, with the server's own message, so a report says the cause.
+    let too_large = report(&bench(&[
+        "--endpoints",
+        &endpoint,
+        "--val-size",
+        "1600000",
+        "--total",
+        "3",
+        "--json",
+    ]));
+    assert_eq!(too_large["requests_ok"].as_u64(), Some(0), "{too_large}");
+    assert_eq!(too_large["errors"]["InvalidArgument"].as_u64(), Some(3));
+    let sample = &too_large["error_samples"]["InvalidArgument"];
+    assert!(
+        sample["first_message"]
+            .as_str()
+            .unwrap()
+            .contains("request is too large"),
+        "{too_large}"
+    );
+    assert!(
+        sample["first_at_secs"].as_f64().unwrap() <= sample["last_at_secs"].as_f64().unwrap(),
+        "{too_large}"
+    );
 }
 
 #[test]
