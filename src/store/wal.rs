@@ -320,11 +320,17 @@ impl Wal {
             return Ok(());
         }
         let keep = index.saturating_sub(self.first) as usize;
-        let cut = (index >= self.first).then(|| self.locations[keep]);
+        // Where record `index` starts, in the segment that holds it.
+        let mut cut = (index >= self.first).then(|| self.locations[keep]);
         // Newest first: a crash part way leaves a shorter log, never one with a hole.
         while let Some(segment) = self.segments.last() {
             if segment.first < index {
                 break;
+            }
+            if segment.first == index {
+                // The record starts this segment, which goes whole: the offset is in this file,
+                // and the segment before ends just before the record already.
+                cut = None;
             }
             let segment = self.segments.pop().expect("checked above");
             std::fs::remove_file(&segment.path)?;
@@ -539,6 +545,36 @@ mod tests {
         append_range(&mut wal, 1, 3);
         drop(wal);
         assert_holds(&Wal::open(dir.path(), 200, None).expect("reopen"), 1, 3);
+    }
+
+    #[test]
+    fn truncation_at_the_first_record_of_a_segment_keeps_the_segment_before() {
+        let starts: Vec<u64> = {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            drop(written(dir.path(), 30));
+            segment_files(dir.path())
+                .iter()
+                .map(|name| {
+                    name.trim_end_matches(SEGMENT_SUFFIX)
+                        .parse()
+                        .expect("index")
+                })
+                .filter(|&first| first > 1)
+                .collect()
+        };
+        assert!(starts.len() > 2, "small segments rotate");
+        for start in starts {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let mut wal = written(dir.path(), 30);
+            wal.truncate_from(start).expect("truncate");
+            assert_holds(&wal, 1, start - 1);
+            drop(wal);
+            assert_holds(
+                &Wal::open(dir.path(), 200, None).expect("reopen"),
+                1,
+                start - 1,
+            );
+        }
     }
 
     #[test]
