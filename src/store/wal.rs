@@ -19,7 +19,8 @@
 //! round trip: a sync of a 400-byte append took 140-195 us at the file's end against 90-123 us
 //! inside zeroed space (`bench/results/2026-12-04-wal-preallocation.md`). A zero tail is free
 //! space, not a record: reading stops at it. A segment loses its zero tail when the next one
-//! starts; a crash in between leaves one, which opening accepts.
+//! starts; a crash in between leaves one, which opening accepts only if the next segment starts
+//! right after the last record (zeros in place of records there are damage).
 //!
 //! Opening reads every segment and checks each record's checksum and index: records must run on
 //! without a gap across segments. A short or damaged record at the very end of the newest segment
@@ -115,15 +116,21 @@ impl Wal {
             first: purged.map_or(0, |p| p + 1),
             dirty: Vec::new(),
         };
-        let count = firsts.len();
-        for (position, first) in firsts.into_iter().enumerate() {
-            let newest = position + 1 == count;
-            wal.load_segment(first, newest, purged)?;
+        for (position, &first) in firsts.iter().enumerate() {
+            wal.load_segment(first, firsts.get(position + 1).copied(), purged)?;
         }
         Ok(wal)
     }
 
-    fn load_segment(&mut self, first: u64, newest: bool, purged: Option<u64>) -> io::Result<()> {
+    /// Loads segment `first`; `next` is the first record of the segment after it (`None`: this
+    /// is the newest).
+    fn load_segment(
+        &mut self,
+        first: u64,
+        next: Option<u64>,
+        purged: Option<u64>,
+    ) -> io::Result<()> {
+        let newest = next.is_none();
         let path = self.dir.join(segment_name(first));
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let mut bytes = std::fs::read(&path)?;
@@ -140,9 +147,15 @@ impl Wal {
                     offset += HEADER_BYTES + len;
                     index += 1;
                 }
-                // Zero-filled space ahead of the last record (only the newest segment keeps it,
-                // unless a crash came before the next segment's start trimmed it).
-                Err(_) if bytes[offset..].iter().all(|&byte| byte == 0) => break,
+                // Zero-filled space ahead of the last record. Only the newest segment keeps it,
+                // unless a crash came before the next segment's start trimmed it: then the next
+                // segment starts right after this record, or zeros took the place of records.
+                Err(_)
+                    if bytes[offset..].iter().all(|&byte| byte == 0)
+                        && next.is_none_or(|next| next == index) =>
+                {
+                    break;
+                }
                 Err(why) if newest => {
                     tracing::warn!(
                         segment = %path.display(),
@@ -602,6 +615,27 @@ mod tests {
         bytes.extend_from_slice(&[0; 100]);
         std::fs::write(&older, bytes).expect("leave a zero tail");
         assert_holds(&Wal::open(dir.path(), 200, None).expect("reopen"), 1, 30);
+
+        // Zeros where records were, in a segment before the newest, are damage: the next
+        // segment does not start where the zeros do.
+        let bytes = std::fs::read(&older).expect("read");
+        let first_record = HEADER_BYTES + payload(first_index(&files[1])).len();
+        let mut zeroed = bytes.clone();
+        zeroed[first_record..].fill(0);
+        std::fs::write(&older, &zeroed).expect("zero the records after the first");
+        assert_refused(dir.path(), "damaged");
+        std::fs::write(&older, &bytes).expect("restore");
+        let oldest = dir.path().join(&files[0]);
+        let length = std::fs::metadata(&oldest).expect("stat").len() as usize;
+        std::fs::write(&oldest, vec![0; length]).expect("zero the oldest segment");
+        assert_refused(dir.path(), "damaged");
+    }
+
+    fn first_index(segment_name: &str) -> u64 {
+        segment_name
+            .trim_end_matches(SEGMENT_SUFFIX)
+            .parse()
+            .expect("index")
     }
 
     #[test]
