@@ -565,6 +565,14 @@ mod tests {
         names
     }
 
+    /// The first record of the segment file `segment_name`, from its name.
+    fn first_index(segment_name: &str) -> u64 {
+        segment_name
+            .trim_end_matches(SEGMENT_SUFFIX)
+            .parse()
+            .expect("index")
+    }
+
     /// Where the records of a segment file end: every payload ends in a non-zero byte.
     fn records_end(bytes: &[u8]) -> usize {
         bytes
@@ -631,13 +639,6 @@ mod tests {
         assert_refused(dir.path(), "damaged");
     }
 
-    fn first_index(segment_name: &str) -> u64 {
-        segment_name
-            .trim_end_matches(SEGMENT_SUFFIX)
-            .parse()
-            .expect("index")
-    }
-
     #[test]
     fn records_survive_reopening_across_segments() {
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -677,11 +678,7 @@ mod tests {
             drop(written(dir.path(), 30));
             segment_files(dir.path())
                 .iter()
-                .map(|name| {
-                    name.trim_end_matches(SEGMENT_SUFFIX)
-                        .parse()
-                        .expect("index")
-                })
+                .map(|name| first_index(name))
                 .filter(|&first| first > 1)
                 .collect()
         };
