@@ -358,7 +358,8 @@ impl Wal {
         Ok(bytes)
     }
 
-    /// Removes every record from `index` on, durably, before returning.
+    /// Removes every record from `index` on, durably, before returning. Below the first kept
+    /// record (a purged one) that is every record kept.
     pub(crate) fn truncate_from(&mut self, index: u64) -> io::Result<()> {
         let Some(last) = self.last_index() else {
             return Ok(());
@@ -366,6 +367,9 @@ impl Wal {
         if index > last {
             return Ok(());
         }
+        // The segment holding the first kept record may start below it, with purged records:
+        // cut there, not at a purged record's segment, or the kept records would stay on disk.
+        let index = index.max(self.first);
         let keep = index.saturating_sub(self.first) as usize;
         // Where record `index` starts, in the segment that holds it.
         let mut cut = (index >= self.first).then(|| self.locations[keep]);
@@ -694,6 +698,48 @@ mod tests {
                 1,
                 start - 1,
             );
+        }
+    }
+
+    #[test]
+    fn truncation_below_the_purge_point_removes_every_kept_record_for_good() {
+        let starts: Vec<u64> = {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            drop(written(dir.path(), 30));
+            segment_files(dir.path())
+                .iter()
+                .map(|name| first_index(name))
+                .collect()
+        };
+        // Purged in the middle of a segment and up to the end of one; truncated below the
+        // purge point, at it and at the first kept record.
+        let purges = [starts[1] + 1, starts[2] - 1];
+        for purged in purges {
+            for from in [1, purged, purged + 1] {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                let mut wal = written(dir.path(), 30);
+                wal.purge_to(purged).expect("purge");
+                wal.truncate_from(from).expect("truncate");
+                assert_eq!(
+                    wal.last_index(),
+                    None,
+                    "purged {purged}, truncated from {from}"
+                );
+                drop(wal);
+                let mut wal = Wal::open(dir.path(), 200, Some(purged)).expect("reopen");
+                assert_eq!(
+                    wal.last_index(),
+                    None,
+                    "purged {purged}, truncated from {from}: records came back"
+                );
+                append_range(&mut wal, purged + 1, purged + 3);
+                drop(wal);
+                assert_holds(
+                    &Wal::open(dir.path(), 200, Some(purged)).expect("reopen"),
+                    purged + 1,
+                    purged + 3,
+                );
+            }
         }
     }
 
