@@ -19,14 +19,14 @@
 //!   for each command:  Apply (overlay of raw tree writes, read-your-writes over the tree)
 //!                        Put / Delete / Txn / Compact -> CommandResponse
 //!                        an etcd error (KvError) undoes that command's overlay writes
-//!   overlay (live) ---> in-memory live map
+//!   overlay (history, with its key's live write) ---> keys in memory (current value, versions)
 //!   overlay (history) + extra + meta ---> pending (in memory) ---> publish revision
 //! persist() -- when 512 writes wait or the oldest waited 50 ms, before a snapshot --
 //!   pending ---> persisting (still read) ---> one sled::Batch, gate not held ---> dropped
-//! range(op) -- read gate -- live map (current revision), or history index -> history entries
+//! range(op) -- read gate -- current values (current revision), or versions -> history entries
 //!                           (older revision) from pending, then persisting, then the tree
 //! freeze_dump() -- write gate, briefly -- pending ---> sled; revision, meta, extra copied
-//!   index copied
+//!   versions copied (the index)
 //!   FrozenDump::encode -- no gate -- the copied index's versions read from the tree (compaction
 //!                                     waits)
 //! ```
@@ -52,16 +52,17 @@
 //! newest version with `mod_revision <= R`, and a tombstone (`'T'`, written at the deletion
 //! revision) means the key was absent at `R`.
 //!
-//! Two maps in memory, under the same gate, say what the history holds, so that no read or write
-//! scans the tree:
-//! - the live entries (`0x01 user_key` -> `StoredValue` of the current version): exactly the
-//!   newest history entry of each key that is not a tombstone. Reads at the current revision and
-//!   the compares and reads inside `apply` use it.
-//! - the history index (user key -> every version's revision and whether it is a tombstone,
-//!   oldest first), as etcd keeps its `keyIndex`: reads at an older revision find there which
-//!   entry to get, compaction which entries to drop, a dump and HashKV the key order.
+//! One map in memory, under the same gate, says what the history holds, so that no read or write
+//! scans the tree: per user key that has a version in the history,
+//! - its current value (the `StoredValue` of the newest history entry, unless that is a
+//!   tombstone): reads at the current revision and the compares and reads inside `apply` use it.
+//!   `apply` writes it as the live entry `0x01 user_key`, which never reaches the tree;
+//! - every version's revision and whether it is a tombstone, oldest first, as etcd keeps its
+//!   `keyIndex`: reads at an older revision find there which entry to get, compaction which
+//!   entries to drop, a dump and HashKV the key order.
 //!
-//! Both are rebuilt from the history on open and on restore. A tree from an earlier layout has its
+//! Both halves of one key sit in one entry, so an applied write searches the map once. The map is
+//! rebuilt from the history on open and on restore. A tree from an earlier layout has its
 //! stored live entries dropped and its history moved to the revision order on open.
 //!
 //! **A dump keeps the earlier, key-ordered layout** (`0x02 escape(user_key) 0x00 0x00
@@ -479,10 +480,24 @@ struct Version {
     tombstone: bool,
 }
 
-/// Per user key, every version the history holds, oldest first: where to find a key's past
-/// versions in the tree without scanning it. Rebuilt from the tree on open and on restore, and
-/// changed only with the history entries themselves, under the write gate.
+/// Per user key, every version the history holds, oldest first: what a [`FrozenDump`] reads.
 type HistoryIndex = BTreeMap<Vec<u8>, Vec<Version>>;
+
+/// What memory holds of one user key: its current value and where to find its versions in the
+/// history, as etcd's `keyIndex` does, in one entry so that a write searches the keys once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct KeyState {
+    /// The current version's encoded [`StoredValue`]: the newest history entry when that is not
+    /// a tombstone; `None` while the key does not exist (its history still holds versions).
+    current: Option<Vec<u8>>,
+    /// Every version the history holds, oldest first; never empty (a key whose last version is
+    /// compacted away leaves the map).
+    versions: Vec<Version>,
+}
+
+/// Every key the history holds a version of. Rebuilt from the tree on open and on restore, and
+/// changed only with the history entries themselves, under the write gate.
+type Keys = BTreeMap<Vec<u8>, KeyState>;
 
 /// Whether a history value is a tombstone; an error for a value that is neither kind.
 fn is_tombstone(user_key: &[u8], entry: &[u8]) -> io::Result<bool> {
@@ -495,11 +510,20 @@ fn is_tombstone(user_key: &[u8], entry: &[u8]) -> io::Result<bool> {
     }
 }
 
-/// Records in `index` the history write `tree_key` -> `value` (`None`: removed by a compaction).
-/// Keys and values are the key space's own, checked when written: a malformed one is a bug.
-fn index_history_write(index: &mut HistoryIndex, tree_key: &[u8], value: Option<&[u8]>) {
-    let (revision, user_key) =
-        parse_history_key(tree_key).expect("the key space writes well-formed history keys");
+const WELL_FORMED_HISTORY_KEY: &str = "the key space writes well-formed history keys";
+
+/// Records in `keys` the history write `tree_key` -> `value` (`None`: removed by a compaction)
+/// and, when given, the key's new current value (`Some(None)`: it no longer exists). Returns how
+/// the number of existing keys changed. Keys and values are the key space's own, checked when
+/// written: a malformed one is a bug.
+fn record_history_write(
+    keys: &mut Keys,
+    tree_key: &[u8],
+    value: Option<&[u8]>,
+    current: Option<PendingWrite>,
+) -> isize {
+    let (revision, user_key) = parse_history_key(tree_key).expect(WELL_FORMED_HISTORY_KEY);
+    let existed = |state: Option<&KeyState>| state.is_some_and(|s| s.current.is_some());
     match value {
         Some(entry) => {
             let tombstone = is_tombstone(user_key, entry)
@@ -509,29 +533,66 @@ fn index_history_write(index: &mut HistoryIndex, tree_key: &[u8], value: Option<
                 tombstone,
             };
             // Looked up by slice first: a put to an existing key allocates no key.
-            let Some(versions) = index.get_mut(user_key) else {
-                index.insert(user_key.to_vec(), vec![version]);
-                return;
+            let Some(state) = keys.get_mut(user_key) else {
+                let current = current.flatten();
+                let created = isize::from(current.is_some());
+                keys.insert(
+                    user_key.to_vec(),
+                    KeyState {
+                        current,
+                        versions: vec![version],
+                    },
+                );
+                return created;
             };
             assert!(
-                versions.last().is_none_or(|last| last.revision < revision),
+                state
+                    .versions
+                    .last()
+                    .is_none_or(|last| last.revision < revision),
                 "a new version of {user_key:?} at {revision} is not the newest"
             );
-            versions.push(version);
-        }
-        // Not indexed: written and compacted away by the same apply, never in the index.
-        None => {
-            let Some(versions) = index.get_mut(user_key) else {
-                return;
+            state.versions.push(version);
+            let Some(current) = current else {
+                return 0;
             };
-            if let Ok(at) = versions.binary_search_by_key(&revision, |version| version.revision) {
-                versions.remove(at);
+            let before = existed(Some(state));
+            state.current = current;
+            isize::from(state.current.is_some()) - isize::from(before)
+        }
+        // Not in the map: written and compacted away by the same apply.
+        None => {
+            assert!(current.is_none(), "a compaction changes no current value");
+            let Some(state) = keys.get_mut(user_key) else {
+                return 0;
+            };
+            if let Ok(at) = state
+                .versions
+                .binary_search_by_key(&revision, |version| version.revision)
+            {
+                state.versions.remove(at);
             }
-            if versions.is_empty() {
-                index.remove(user_key);
+            // A key deleted and compacted in the same apply still has its current value here,
+            // until its removal (which no history write took) is recorded.
+            if state.versions.is_empty() && state.current.is_none() {
+                keys.remove(user_key);
             }
+            0
         }
     }
+}
+
+/// Records in `keys` the removal of `user_key`, whose history writes in the same apply were all
+/// compacted away. Returns how the number of existing keys changed.
+fn record_removal_without_history(keys: &mut Keys, user_key: &[u8]) -> isize {
+    let Some(state) = keys.get_mut(user_key) else {
+        return 0;
+    };
+    let existed = state.current.take().is_some();
+    if state.versions.is_empty() {
+        keys.remove(user_key);
+    }
+    -isize::from(existed)
 }
 
 /// Whether `writes` remove history entries from the tree (only a compaction does), which must
@@ -614,14 +675,9 @@ type Overlay = BTreeMap<Vec<u8>, PendingWrite>;
 /// `Some(value)` inserts, `None` removes.
 type PendingWrite = Option<Vec<u8>>;
 
-/// The current version of every existing key, in memory: [`live_key`] -> encoded
-/// [`StoredValue`]. It is the newest history entry of each key that is not a tombstone, rebuilt
-/// from the tree on open and on restore, and changed only by `apply` under the write gate.
-type LiveMap = BTreeMap<Vec<u8>, Vec<u8>>;
-
 /// The key space as it will be once `overlay` is written: what every command of an `apply`
-/// reads. Live entries come from the in-memory [`LiveMap`]; every other entry from the applied
-/// tree writes still in memory ([`Memory::pending`], then [`Memory::persisting`]), then the tree.
+/// reads. Live entries come from the in-memory [`Keys`]; every other entry from the applied tree
+/// writes still in memory ([`Memory::pending`], then [`Memory::persisting`]), then the tree.
 struct View<'a> {
     tree: &'a sled::Tree,
     memory: &'a Memory,
@@ -636,7 +692,11 @@ impl View<'_> {
             return Ok(pending.clone());
         }
         if tree_key.first() == Some(&LIVE_PREFIX) {
-            return Ok(self.memory.live.get(tree_key).cloned());
+            return Ok(self
+                .memory
+                .keys
+                .get(&tree_key[1..])
+                .and_then(|state| state.current.clone()));
         }
         let in_memory = self
             .memory
@@ -656,8 +716,8 @@ impl View<'_> {
             .map(|value| value.to_vec()))
     }
 
-    /// Visits every entry in `[low, high)` in key order, the overlay taking precedence. The
-    /// bounds stay inside one prefix: the live entries or the tree's.
+    /// Visits every tree entry in `[low, high)` in key order, the overlay taking precedence. The
+    /// bounds stay clear of the live entries ([`View::scan_live`] reads those).
     fn scan(
         &self,
         low: &[u8],
@@ -667,34 +727,22 @@ impl View<'_> {
         if low >= high {
             return Ok(());
         }
+        assert!(
+            high <= [LIVE_PREFIX].as_slice() || low >= [LIVE_PREFIX + 1].as_slice(),
+            "a scan of tree entries across the live prefix"
+        );
         let bounds = (Bound::Included(low), Bound::Excluded(high));
         let pending = self.overlay.range::<[u8], _>(bounds);
-        if low.first() == Some(&LIVE_PREFIX) {
-            assert!(
-                high <= [LIVE_PREFIX + 1].as_slice(),
-                "a scan of live entries past the live prefix"
-            );
-            let base = self
-                .memory
-                .live
-                .range::<[u8], _>(bounds)
-                .map(|(key, value)| Ok((key.as_slice(), value.as_slice())));
-            merge_scan(base, pending, visit)
-        } else {
-            assert!(
-                high <= [LIVE_PREFIX].as_slice() || low >= [LIVE_PREFIX + 1].as_slice(),
-                "a scan of tree entries across the live prefix"
-            );
-            let base = self
-                .tree
-                .range(low..high)
-                .map(|entry| entry.map_err(sled_error));
-            let in_memory = layered(
-                self.memory.pending.range::<[u8], _>(bounds),
-                self.memory.persisting.range::<[u8], _>(bounds),
-            );
-            merge_scan(base, layered(pending, in_memory), visit)
-        }
+        let base = self
+            .tree
+            .range(low..high)
+            .map(|entry| entry.map_err(sled_error));
+        let in_memory = layered(
+            self.memory.pending.range::<[u8], _>(bounds),
+            self.memory.persisting.range::<[u8], _>(bounds),
+        );
+        let pending = layered(pending, in_memory).map(|(key, value)| (key.as_slice(), value));
+        merge_scan(base, pending, visit)
     }
 
     /// Visits the history of every key in `range` (`None`: every key), in key order: its
@@ -723,7 +771,12 @@ impl View<'_> {
                     .push((revision, value.clone()));
             }
         }
-        let mut indexed = self.memory.index.range::<[u8], _>(bounds).peekable();
+        let mut indexed = self
+            .memory
+            .keys
+            .range::<[u8], _>(bounds)
+            .map(|(user_key, state)| (user_key, &state.versions))
+            .peekable();
         let mut written = written.into_iter().peekable();
         loop {
             let take_indexed = match (indexed.peek(), written.peek()) {
@@ -801,9 +854,23 @@ impl View<'_> {
         mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
     ) -> io::Result<()> {
         let (low, high) = range.live_bounds();
-        self.scan(&low, &high, |tree_key, stored| {
-            visit(&tree_key[1..], stored)
-        })
+        // This apply's live writes, by user key: few, and usually none.
+        let pending = self
+            .overlay
+            .range::<[u8], _>((
+                Bound::Included(low.as_slice()),
+                Bound::Excluded(high.as_slice()),
+            ))
+            .map(|(tree_key, value)| (&tree_key[1..], value));
+        let base = self
+            .memory
+            .keys
+            .range::<[u8], _>(range.user_key_bounds())
+            .filter_map(|(user_key, state)| {
+                let current = state.current.as_deref()?;
+                Some(Ok((user_key.as_slice(), current)))
+            });
+        merge_scan(base, pending, &mut visit)
     }
 
     /// Visits (user key, encoded [`StoredValue`]) of every key of `range` that existed at
@@ -860,7 +927,7 @@ fn layered<'p>(
 /// pending entry replaces the base entry of the same key, and a pending removal hides it.
 fn merge_scan<'p, K, V>(
     mut base: impl Iterator<Item = io::Result<(K, V)>>,
-    pending: impl Iterator<Item = (&'p Vec<u8>, &'p PendingWrite)>,
+    pending: impl Iterator<Item = (&'p [u8], &'p PendingWrite)>,
     mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
 ) -> io::Result<()>
 where
@@ -874,15 +941,13 @@ where
             (None, None) => return Ok(()),
             (Some(_), None) => false,
             (None, Some(_)) => true,
-            (Some((base_key, _)), Some((pending_key, _))) => {
-                pending_key.as_slice() <= base_key.as_ref()
-            }
+            (Some((base_key, _)), Some((pending_key, _))) => *pending_key <= base_key.as_ref(),
         };
         if take_pending {
             let (pending_key, pending_value) = pending.next().expect("peeked");
             if next_base
                 .as_ref()
-                .is_some_and(|(base_key, _)| base_key.as_ref() == pending_key.as_slice())
+                .is_some_and(|(base_key, _)| base_key.as_ref() == pending_key)
             {
                 next_base = base.next().transpose()?;
             }
@@ -1180,7 +1245,11 @@ impl Apply<'_> {
     fn live_value(&self, live: &[u8]) -> Option<&[u8]> {
         match self.overlay.get(live) {
             Some(write) => write.as_deref(),
-            None => self.memory.live.get(live).map(Vec::as_slice),
+            None => self
+                .memory
+                .keys
+                .get(&live[1..])
+                .and_then(|state| state.current.as_deref()),
         }
     }
 
@@ -1407,8 +1476,9 @@ const PERSIST_AFTER: Duration = Duration::from_millis(50);
 /// What the key space holds in memory, under its gate.
 #[derive(Default)]
 struct Memory {
-    live: LiveMap,
-    index: HistoryIndex,
+    keys: Keys,
+    /// How many of `keys` exist now (have a current value).
+    live_count: usize,
     /// Tree writes of applied batches, not yet handed to sled, in the order of precedence: newer
     /// than `persisting`.
     pending: Overlay,
@@ -1444,19 +1514,20 @@ impl KeySpace {
         drop_stored_live_entries(&tree)?;
         move_history_to_revision_order(&tree)?;
         move_history_into_blocks(&tree)?;
-        let (live, index) = load_history(tree_history(&tree))?;
+        let keys = load_history(tree_history(&tree))?;
+        let live_count = live_count(&keys);
         let loaded = Loaded::new(
             tree.get(META_REVISION_KEY).map_err(sled_error)?.as_deref(),
             tree.get(META_COMPACT_REVISION_KEY)
                 .map_err(sled_error)?
                 .as_deref(),
-            live.len(),
+            live_count,
         )?;
         Ok(KeySpace {
             tree,
             gate: RwLock::new(Memory {
-                live,
-                index,
+                keys,
+                live_count,
                 ..Memory::default()
             }),
             persisting: Mutex::new(()),
@@ -1566,7 +1637,7 @@ impl KeySpace {
             );
         }
         let Apply {
-            overlay,
+            mut overlay,
             revision,
             compact_revision,
             live_key_count,
@@ -1574,23 +1645,43 @@ impl KeySpace {
         } = apply;
         // Everything this batch changes becomes visible at once: readers wait on the gate.
         let memory = &mut *gate;
-        for (key, value) in overlay {
-            match key.first() {
-                Some(&LIVE_PREFIX) => {
-                    match value {
-                        Some(value) => memory.live.insert(key, value),
-                        None => memory.live.remove(&key),
-                    };
-                }
-                Some(&HISTORY_PREFIX) => {
-                    index_history_write(&mut memory.index, &key, value.as_deref());
-                    memory.pending.insert(key, value);
-                }
-                _ => {
-                    memory.pending.insert(key, value);
-                }
+        // Every live write comes with a version of its key written in the same apply: the first
+        // such history write takes the key's current value along, so the keys are searched once
+        // per write.
+        let rest = overlay.split_off([LIVE_PREFIX + 1].as_slice());
+        let mut live_writes = overlay.split_off([LIVE_PREFIX].as_slice());
+        memory.pending.append(&mut overlay);
+        let mut live_key = Vec::new();
+        let mut count_change = 0;
+        for (key, value) in rest {
+            if key.first() == Some(&HISTORY_PREFIX) {
+                let current = if value.is_some() {
+                    let (_, user_key) = parse_history_key(&key).expect(WELL_FORMED_HISTORY_KEY);
+                    live_key.clear();
+                    live_key.push(LIVE_PREFIX);
+                    live_key.extend_from_slice(user_key);
+                    live_writes.remove(live_key.as_slice())
+                } else {
+                    None
+                };
+                count_change +=
+                    record_history_write(&mut memory.keys, &key, value.as_deref(), current);
             }
+            memory.pending.insert(key, value);
         }
+        // Left: deletions whose tombstones this apply's compaction removed again (a current
+        // version is never compacted away).
+        for (live_key, current) in live_writes {
+            assert!(
+                current.is_none(),
+                "the current version of {live_key:?} has no history write"
+            );
+            count_change += record_removal_without_history(&mut memory.keys, &live_key[1..]);
+        }
+        memory.live_count = memory
+            .live_count
+            .checked_add_signed(count_change)
+            .expect("the live key count stays positive");
         memory.pending.extend(extra);
         // Only what changed: a missing meta entry reads back as its initial value, and every
         // replica makes the same choice from the same commands.
@@ -1606,8 +1697,7 @@ impl KeySpace {
             );
         }
         assert_eq!(
-            memory.live.len(),
-            live_key_count,
+            memory.live_count, live_key_count,
             "the live entries are the keys that exist"
         );
         let pending_since = *memory.pending_since.get_or_insert_with(Instant::now);
@@ -1842,7 +1932,11 @@ impl KeySpace {
             extra.push((key.to_vec(), value.to_vec()));
             Ok(())
         })?;
-        let index = memory.index.clone();
+        let index = memory
+            .keys
+            .iter()
+            .map(|(user_key, state)| (user_key.clone(), state.versions.clone()))
+            .collect();
         *self
             .history_readers
             .lock()
@@ -1872,7 +1966,7 @@ impl KeySpace {
     /// A dump from before the live entries moved to memory also holds them (prefix
     /// [`LIVE_PREFIX`]): they are checked like the rest and left out, as the history rebuilds them.
     pub fn restore(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> io::Result<()> {
-        let (loaded, restored_live, restored_index) = check_entries(&entries)?;
+        let (loaded, restored_keys) = check_entries(&entries)?;
         let _no_persist_in_flight = self
             .persisting
             .lock()
@@ -1903,8 +1997,8 @@ impl KeySpace {
         self.tree.apply_batch(batch).map_err(sled_error)?;
         // What was applied before the restore but never handed to sled is replaced too.
         *memory = Memory {
-            live: restored_live,
-            index: restored_index,
+            keys: restored_keys,
+            live_count: loaded.live_key_count,
             ..Memory::default()
         };
         self.revision.store(loaded.revision, Ordering::Release);
@@ -1925,21 +2019,19 @@ impl KeySpace {
     }
 }
 
-/// The live entries and the history index as the history defines them: per user key, its newest
-/// version unless that is a tombstone, and all its versions. `history` yields (user key, revision,
-/// history value) with the versions of each key oldest first: in the tree's order (by revision)
-/// or a dump's (by key).
+/// The keys as the history defines them: per user key, its newest version unless that is a
+/// tombstone, and all its versions. `history` yields (user key, revision, history value) with the
+/// versions of each key oldest first: in the tree's order (by revision) or a dump's (by key).
 fn load_history<V: AsRef<[u8]>>(
     history: impl Iterator<Item = io::Result<(Vec<u8>, i64, V)>>,
-) -> io::Result<(LiveMap, HistoryIndex)> {
-    let mut live = LiveMap::new();
-    let mut index = HistoryIndex::new();
+) -> io::Result<Keys> {
+    let mut keys = Keys::new();
     for entry in history {
         let (user_key, revision, value) = entry?;
         let value = value.as_ref();
         let tombstone = is_tombstone(&user_key, value)?;
-        if tombstone {
-            live.remove(&live_key(&user_key));
+        let current = if tombstone {
+            None
         } else {
             let stored = &value[1..];
             let version = StoredValue::decode(stored)?;
@@ -1949,10 +2041,11 @@ fn load_history<V: AsRef<[u8]>>(
                     version.mod_revision
                 )));
             }
-            live.insert(live_key(&user_key), stored.to_vec());
-        }
-        let versions = index.entry(user_key).or_default();
-        if versions
+            Some(stored.to_vec())
+        };
+        let state = keys.entry(user_key).or_default();
+        if state
+            .versions
             .last()
             .is_some_and(|last| last.revision >= revision)
         {
@@ -1960,12 +2053,20 @@ fn load_history<V: AsRef<[u8]>>(
                 "history entry at revision {revision} out of order"
             )));
         }
-        versions.push(Version {
+        state.versions.push(Version {
             revision,
             tombstone,
         });
+        state.current = current;
     }
-    Ok((live, index))
+    Ok(keys)
+}
+
+/// How many of `keys` exist now.
+fn live_count(keys: &Keys) -> usize {
+    keys.values()
+        .filter(|state| state.current.is_some())
+        .count()
 }
 
 /// The tree's history entries as [`load_history`] takes them.
@@ -2041,7 +2142,7 @@ fn move_history_into_blocks(tree: &sled::Tree) -> io::Result<()> {
 }
 
 /// Removes the live entries a tree written before they moved to memory still holds, in one
-/// batch: the history holds every current version too, and the live map is rebuilt from it.
+/// batch: the history holds every current version too, and the current values are rebuilt from it.
 fn drop_stored_live_entries(tree: &sled::Tree) -> io::Result<()> {
     let mut batch = sled::Batch::default();
     let mut dropped = 0usize;
@@ -2063,7 +2164,7 @@ fn drop_stored_live_entries(tree: &sled::Tree) -> io::Result<()> {
 /// Checks a dump before it replaces the tree: known prefixes, well-formed keys and values, history
 /// entries in tree order, and no version newer than the stored revision. Returns what it holds
 /// and the live entries its history defines.
-fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, LiveMap, HistoryIndex)> {
+fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, Keys)> {
     let mut revision = None;
     let mut compact_revision = None;
     let mut newest_mod_revision = REVISION_INITIAL;
@@ -2100,18 +2201,18 @@ fn check_entries(entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Loaded, LiveMap,
             }
         }
     }
-    let (live, index) = load_history(history.into_iter().map(|(key, value)| {
+    let keys = load_history(history.into_iter().map(|(key, value)| {
         let (user_key, revision) = parse_dump_key(key)?;
         Ok((user_key, revision, value))
     }))?;
-    let loaded = Loaded::new(revision, compact_revision, live.len())?;
+    let loaded = Loaded::new(revision, compact_revision, live_count(&keys))?;
     if newest_mod_revision > loaded.revision {
         return Err(invalid_data(format!(
             "a key space dump holds revision {newest_mod_revision} above its revision {}",
             loaded.revision
         )));
     }
-    Ok((loaded, live, index))
+    Ok((loaded, keys))
 }
 
 #[cfg(test)]
@@ -3594,6 +3695,58 @@ pub(crate) mod tests {
     type ModelState = BTreeMap<Vec<u8>, KeyValue>;
 
     /// ETCD_WIRE.md 3.1, written independently of [`KeyRange`].
+    /// Commands applied in batches (where a key can be written, deleted and compacted away
+    /// within one apply) leave the same reads, hash and counts as the same commands applied one
+    /// at a time, and memory as the history defines it.
+    #[test]
+    fn commands_applied_in_batches_agree_with_the_same_commands_one_at_a_time() {
+        for seed in [3_u64, 11, 99, 0xC0FFEE] {
+            let mut rng = Rng(seed);
+            let batched = open_temporary();
+            let single = open_temporary();
+            let keys: Vec<Vec<u8>> = awkward_keys().into_iter().take(6).collect();
+            for round in 0..40 {
+                let mut commands = Vec::new();
+                // The revision `single` reaches within this batch so far: compactions aim at or
+                // below it, sometimes at a revision this same batch wrote.
+                let mut revision = single.revision();
+                for step in 0..1 + rng.below(8) {
+                    let key = keys[rng.below(keys.len())].clone();
+                    let command = match rng.below(6) {
+                        0..=2 => put(&key, format!("{seed}-{round}-{step}").as_bytes()),
+                        3 | 4 => delete(&key, b""),
+                        _ => Command::Compact {
+                            revision: 1 + rng.below(revision as usize) as i64,
+                        },
+                    };
+                    revision = run(&single, command.clone()).revision;
+                    commands.push(command);
+                }
+                let references: Vec<Option<&Command>> = commands.iter().map(Some).collect();
+                let responses = batched.apply(&references, Vec::new()).expect("apply");
+                let context = format!("seed {seed} round {round}: {commands:?}");
+                assert_eq!(
+                    responses.last().map(|r| r.revision),
+                    Some(revision),
+                    "{context}"
+                );
+                assert_eq!(every_read(&batched), every_read(&single), "{context}");
+                assert_eq!(
+                    batched.live_key_count(),
+                    single.live_key_count(),
+                    "{context}"
+                );
+                assert_eq!(
+                    batched.compact_revision(),
+                    single.compact_revision(),
+                    "{context}"
+                );
+                assert_eq!(batched.hash_kv(0), single.hash_kv(0), "{context}");
+                assert_memory_is_the_history(&batched);
+            }
+        }
+    }
+
     fn model_in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
         match end {
             [] => key == start,
@@ -3735,22 +3888,22 @@ pub(crate) mod tests {
                     states.last().expect("a state").len()
                 );
                 if step % 20 == 0 {
-                    assert_live_map_is_the_history(&keyspace);
+                    assert_memory_is_the_history(&keyspace);
                 }
             }
-            assert_live_map_is_the_history(&keyspace);
+            assert_memory_is_the_history(&keyspace);
         }
     }
 
-    /// The in-memory live entries and history index equal what the tree's history defines (as a
+    /// The keys in memory (current values and versions) equal what the tree's history defines (as a
     /// reopen rebuilds them), and the tree itself stores no live entry and no history in the
     /// dump's layout.
-    fn assert_live_map_is_the_history(keyspace: &KeySpace) {
+    fn assert_memory_is_the_history(keyspace: &KeySpace) {
         keyspace.persist().expect("persist");
         let memory = keyspace.read_gate();
-        let (live, index) = load_history(tree_history(&keyspace.tree)).expect("rebuild");
-        assert_eq!(memory.live, live);
-        assert_eq!(memory.index, index);
+        let keys = load_history(tree_history(&keyspace.tree)).expect("rebuild");
+        assert_eq!(memory.keys, keys);
+        assert_eq!(memory.live_count, live_count(&keys));
         assert_eq!(keyspace.tree.scan_prefix([LIVE_PREFIX]).count(), 0);
         assert_eq!(keyspace.tree.scan_prefix([DUMP_HISTORY_PREFIX]).count(), 0);
         assert_eq!(keyspace.tree.scan_prefix([HISTORY_PREFIX]).count(), 0);
@@ -3800,7 +3953,7 @@ pub(crate) mod tests {
         assert!(keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).count() > 1);
         let reads = (every_read(&keyspace), keyspace.live_key_count());
         assert_eq!((reads, keyspace.hash_kv(0).expect("hash")), before);
-        assert_live_map_is_the_history(&keyspace);
+        assert_memory_is_the_history(&keyspace);
     }
 
     /// Rewrites the tree as the earlier layouts kept it: the live entries stored, and the history
@@ -3818,8 +3971,10 @@ pub(crate) mod tests {
                 batch.insert(key.as_slice(), value.as_slice());
             }
         }
-        for (key, value) in memory.live.iter() {
-            batch.insert(key.as_slice(), value.as_slice());
+        for (user_key, state) in &memory.keys {
+            if let Some(current) = &state.current {
+                batch.insert(live_key(user_key), current.as_slice());
+            }
         }
         keyspace
             .tree
@@ -3862,7 +4017,7 @@ pub(crate) mod tests {
         let db = open_when_released(&path);
         let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("reopen");
         assert_eq!((every_read(&keyspace), keyspace.live_key_count()), before);
-        assert_live_map_is_the_history(&keyspace);
+        assert_memory_is_the_history(&keyspace);
     }
 
     #[test]
@@ -3886,7 +4041,7 @@ pub(crate) mod tests {
         assert_eq!(target.dump().expect("dump"), dump);
         assert_eq!(every_read(&target), reads);
         assert_eq!(target.live_key_count(), source.live_key_count());
-        assert_live_map_is_the_history(&target);
+        assert_memory_is_the_history(&target);
     }
 
     #[test]
@@ -3924,7 +4079,7 @@ pub(crate) mod tests {
         assert_eq!((keyspace.revision(), keyspace.live_key_count()), (2, 1));
         assert_eq!(get(&keyspace, b"a").expect("a").value, b"1");
         assert_eq!(get(&keyspace, b"b"), None);
-        assert_live_map_is_the_history(&keyspace);
+        assert_memory_is_the_history(&keyspace);
     }
 
     #[test]
@@ -3964,7 +4119,7 @@ pub(crate) mod tests {
         same_reads("in sled, newer pending");
         keyspace.persist().expect("persist");
         same_reads("all in sled");
-        assert_live_map_is_the_history(&keyspace);
+        assert_memory_is_the_history(&keyspace);
     }
 
     #[test]
