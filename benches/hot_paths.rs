@@ -94,7 +94,7 @@ fn entries(next_index: &mut u64, count: usize) -> Vec<EntryOf<TypeConfig>> {
             *next_index += 1;
             let log_id =
                 LogIdOf::<TypeConfig>::new(LeaderIdOf::<TypeConfig>::new_committed(1, 1), index);
-            EntryOf::<TypeConfig>::new_normal(log_id, put(index))
+            EntryOf::<TypeConfig>::new_normal(log_id, std::sync::Arc::new(put(index)))
         })
         .collect()
 }

@@ -15,9 +15,11 @@ use serde::Serialize;
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// openraft's view of QuorumDB: what a log entry carries and what applying it returns.
+    /// openraft's view of QuorumDB: what a log entry carries and what applying it returns. An
+    /// entry's command is shared, not copied, wherever openraft clones the entry (reading it back
+    /// to replicate to each follower and to apply); it encodes exactly as the command itself.
     pub TypeConfig:
-        D = Command,
+        D = std::sync::Arc<Command>,
         R = CommandResponse,
         NodeId = NodeId,
         Node = Member,
@@ -355,5 +357,49 @@ impl CommandResponse {
             revision,
             result: Ok(CommandOutput::Nothing),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::RaftTypeConfig;
+    use openraft::alias::CommittedLeaderIdOf;
+    use openraft::alias::EntryOf;
+    use openraft::alias::LeaderIdOf;
+    use openraft::alias::LogIdOf;
+    use openraft::entry::RaftEntry;
+    use openraft::vote::RaftLeaderIdExt;
+
+    use super::*;
+    use crate::codec::decode;
+    use crate::codec::encode;
+
+    /// Log entries written before entries shared their command, and by members that still do
+    /// not, read back the same: an entry encodes exactly as one carrying the command itself.
+    #[test]
+    fn a_log_entry_encodes_as_it_did_before_its_command_was_shared() {
+        /// The entry as it was when the log carried the command itself.
+        type EntryBefore = openraft::Entry<
+            CommittedLeaderIdOf<TypeConfig>,
+            openraft::EntryPayload<Command, NodeId, Member>,
+        >;
+        let command = Command::Put(PutOp {
+            key: b"key".to_vec(),
+            value: vec![0x00, 0xFF, 7],
+            prev_kv: true,
+            ..PutOp::default()
+        });
+        let log_id = LogIdOf::<TypeConfig>::new(LeaderIdOf::<TypeConfig>::new_committed(3, 1), 42);
+        let entry = EntryOf::<TypeConfig>::new_normal(log_id, Arc::new(command.clone()));
+        let before = EntryBefore {
+            log_id,
+            payload: openraft::EntryPayload::Normal(command.clone()),
+        };
+        let encoded = encode(&entry).expect("encode");
+        assert_eq!(encoded, encode(&before).expect("encode"));
+        let back: <TypeConfig as RaftTypeConfig>::Entry = decode(&encoded).expect("decode");
+        assert_eq!(back, entry);
     }
 }

@@ -145,11 +145,12 @@ impl Consensus {
     /// Proposes `command` and returns its applied result.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, ApiError> {
         let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
+        let command = Arc::new(command);
         loop {
             let (leader, member) = self.wait_for_leader(deadline).await?;
             if leader == self.id {
                 let outcome =
-                    tokio::time::timeout_at(deadline, self.raft.client_write(command.clone()))
+                    tokio::time::timeout_at(deadline, self.raft.client_write(Arc::clone(&command)))
                         .await;
                 match outcome {
                     Ok(Ok(response)) => return Ok(response.data),

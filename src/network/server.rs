@@ -62,7 +62,7 @@ const FORWARDED_ANSWERS_QUEUED: usize = 1024;
 
 /// Proposes a write a follower forwarded, and says what became of it.
 async fn run_forwarded_write(raft: &Raft, command: Command) -> ForwardWriteReply {
-    match raft.client_write(command).await {
+    match raft.client_write(std::sync::Arc::new(command)).await {
         Ok(response) => Ok(response.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             Err(ForwardWriteError::NotLeader {

@@ -426,7 +426,7 @@ mod tests {
                 openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(term, 1),
                 index,
             ),
-            command,
+            std::sync::Arc::new(command),
         )
     }
 

@@ -250,20 +250,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut answers: Vec<Option<Answer>> = vec![None; batch.len()];
         let mut commands: Vec<Option<&Command>> = Vec::with_capacity(batch.len());
         for (position, (entry, _)) in batch.iter().enumerate() {
-            commands.push(match &entry.payload {
+            let command = match &entry.payload {
+                EntryPayload::Normal(command) => Some(&**command),
+                EntryPayload::Blank | EntryPayload::Membership(_) => None,
+            };
+            commands.push(match (command, &entry.payload) {
                 // Refused before a numbered write is admitted: refused is not applied, so a
                 // retry after the alarm is cleared runs as a new write.
-                EntryPayload::Normal(command)
-                    if command.may_add_data() && alarm_plan.no_space() =>
-                {
+                (Some(command), _) if command.may_add_data() && alarm_plan.no_space() => {
                     answers[position] = Some(Answer::Refused(KvError::NoSpace));
                     None
                 }
-                EntryPayload::Normal(Command::Alarm {
-                    activate,
-                    member,
-                    alarm,
-                }) => {
+                (
+                    Some(Command::Alarm {
+                        activate,
+                        member,
+                        alarm,
+                    }),
+                    _,
+                ) => {
                     let changed = alarm_plan.change(*activate, *member, *alarm);
                     if !changed.is_empty() {
                         tracing::warn!(
@@ -276,7 +281,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     answers[position] = Some(Answer::Alarms(changed));
                     None
                 }
-                EntryPayload::Normal(command @ Command::Numbered { write, .. }) => {
+                (Some(command @ Command::Numbered { write, .. }), _) => {
                     let admission = self.sessions.admit(
                         &self.keyspace,
                         *write,
@@ -291,9 +296,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         None
                     }
                 }
-                EntryPayload::Normal(command) => Some(command),
-                EntryPayload::Blank => None,
-                EntryPayload::Membership(m) => {
+                (Some(command), _) => Some(command),
+                (None, EntryPayload::Membership(m)) => {
                     tracing::info!(log_id = %entry.log_id(), membership = %m, "membership changed");
                     membership = Some(StoredMembershipOf::<TypeConfig>::new(
                         Some(entry.log_id()),
@@ -301,6 +305,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     ));
                     None
                 }
+                (None, _) => None,
             });
         }
         let (alarm_changes, alarms_after) = alarm_plan.finish();
