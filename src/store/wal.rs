@@ -675,17 +675,22 @@ mod tests {
         assert_holds(&Wal::open(dir.path(), 200, None).expect("reopen"), 1, 3);
     }
 
+    /// The first record of every segment of a log of `records` records written by [`written`].
+    fn segment_starts(records: u64) -> Vec<u64> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        drop(written(dir.path(), records));
+        segment_files(dir.path())
+            .iter()
+            .map(|name| first_index(name))
+            .collect()
+    }
+
     #[test]
     fn truncation_at_the_first_record_of_a_segment_keeps_the_segment_before() {
-        let starts: Vec<u64> = {
-            let dir = tempfile::tempdir().expect("temporary directory");
-            drop(written(dir.path(), 30));
-            segment_files(dir.path())
-                .iter()
-                .map(|name| first_index(name))
-                .filter(|&first| first > 1)
-                .collect()
-        };
+        let starts: Vec<u64> = segment_starts(30)
+            .into_iter()
+            .filter(|&first| first > 1)
+            .collect();
         assert!(starts.len() > 2, "small segments rotate");
         for start in starts {
             let dir = tempfile::tempdir().expect("temporary directory");
@@ -703,14 +708,7 @@ mod tests {
 
     #[test]
     fn truncation_below_the_purge_point_removes_every_kept_record_for_good() {
-        let starts: Vec<u64> = {
-            let dir = tempfile::tempdir().expect("temporary directory");
-            drop(written(dir.path(), 30));
-            segment_files(dir.path())
-                .iter()
-                .map(|name| first_index(name))
-                .collect()
-        };
+        let starts = segment_starts(30);
         // Purged in the middle of a segment and up to the end of one; truncated below the
         // purge point, at it and at the first kept record.
         let purges = [starts[1] + 1, starts[2] - 1];
