@@ -163,13 +163,42 @@ pub struct Cluster {
 /// any outgoing connection of a concurrently running test may take it before our node binds it.
 const NODE_PORT_RANGE: std::ops::Range<u16> = 10_000..32_000;
 
+/// Where test processes claim ports: one file per port, locked by the process that uses it.
+fn port_claims_dir() -> PathBuf {
+    std::env::temp_dir().join("quorumdb-test-ports")
+}
+
+/// Claims `port` for this process until it exits, unless another test process holds it: an
+/// exclusive lock on the port's file, which the kernel drops when the process ends however it
+/// ends. Nextest runs each test in its own process, so two tests running at once would
+/// otherwise pick the same port now and then (seen: "Address already in use" in CI).
+fn claim_port(port: u16, claims: &mut Vec<File>) -> bool {
+    let dir = port_claims_dir();
+    std::fs::create_dir_all(&dir).expect("create the port claims folder");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+        .expect("open a port claim");
+    match file.try_lock() {
+        Ok(()) => {
+            claims.push(file);
+            true
+        }
+        Err(std::fs::TryLockError::WouldBlock) => false,
+        Err(std::fs::TryLockError::Error(e)) => panic!("cannot lock a port claim: {e}"),
+    }
+}
+
 /// `count` distinct ports that were free a moment ago, chosen at random in [`NODE_PORT_RANGE`]
-/// (so concurrent test processes rarely pick the same ones).
+/// and claimed for this process (see [`claim_port`]), so concurrent tests never share one.
 fn free_ports(count: usize) -> Vec<u16> {
     use std::sync::atomic::AtomicU64;
     use std::sync::atomic::Ordering;
     static DRAWS: AtomicU64 = AtomicU64::new(0);
     static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    static CLAIMS: Mutex<Vec<File>> = Mutex::new(Vec::new());
     let seed = u64::from(std::process::id()) << 32
         ^ DRAWS.fetch_add(1, Ordering::SeqCst)
         ^ std::time::SystemTime::now()
@@ -185,8 +214,14 @@ fn free_ports(count: usize) -> Vec<u16> {
         if taken.contains(&port) || ports.contains(&port) {
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            ports.push(port);
+        let mut claims = CLAIMS.lock().expect("port claims lock");
+        if claim_port(port, &mut claims) {
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                ports.push(port);
+            } else {
+                // In use by something else: taken for good in this process.
+                taken.push(port);
+            }
         }
     }
     taken.extend(&ports);
