@@ -512,87 +512,75 @@ fn is_tombstone(user_key: &[u8], entry: &[u8]) -> io::Result<bool> {
 
 const WELL_FORMED_HISTORY_KEY: &str = "the key space writes well-formed history keys";
 
-/// Records in `keys` the history write `tree_key` -> `value` (`None`: removed by a compaction)
-/// and, when given, the key's new current value (`Some(None)`: it no longer exists). Returns how
-/// the number of existing keys changed. Keys and values are the key space's own, checked when
-/// written: a malformed one is a bug.
-fn record_history_write(
+/// Records in `keys` the version of `user_key` written at `revision` (history value `entry`)
+/// and, when given, the key's new current value (`Some(None)`: it no longer exists). Keys and
+/// values are the key space's own, checked when written: a malformed one is a bug.
+fn record_version(
     keys: &mut Keys,
-    tree_key: &[u8],
-    value: Option<&[u8]>,
+    revision: i64,
+    user_key: &[u8],
+    entry: &[u8],
     current: Option<PendingWrite>,
-) -> isize {
-    let (revision, user_key) = parse_history_key(tree_key).expect(WELL_FORMED_HISTORY_KEY);
-    let existed = |state: Option<&KeyState>| state.is_some_and(|s| s.current.is_some());
-    match value {
-        Some(entry) => {
-            let tombstone = is_tombstone(user_key, entry)
-                .expect("the key space writes well-formed history values");
-            let version = Version {
-                revision,
-                tombstone,
-            };
-            // Looked up by slice first: a put to an existing key allocates no key.
-            let Some(state) = keys.get_mut(user_key) else {
-                let current = current.flatten();
-                let created = isize::from(current.is_some());
-                keys.insert(
-                    user_key.to_vec(),
-                    KeyState {
-                        current,
-                        versions: vec![version],
-                    },
-                );
-                return created;
-            };
-            assert!(
-                state
-                    .versions
-                    .last()
-                    .is_none_or(|last| last.revision < revision),
-                "a new version of {user_key:?} at {revision} is not the newest"
-            );
-            state.versions.push(version);
-            let Some(current) = current else {
-                return 0;
-            };
-            let before = existed(Some(state));
-            state.current = current;
-            isize::from(state.current.is_some()) - isize::from(before)
-        }
-        // Not in the map: written and compacted away by the same apply.
-        None => {
-            assert!(current.is_none(), "a compaction changes no current value");
-            let Some(state) = keys.get_mut(user_key) else {
-                return 0;
-            };
-            if let Ok(at) = state
-                .versions
-                .binary_search_by_key(&revision, |version| version.revision)
-            {
-                state.versions.remove(at);
-            }
-            // A key deleted and compacted in the same apply still has its current value here,
-            // until its removal (which no history write took) is recorded.
-            if state.versions.is_empty() && state.current.is_none() {
-                keys.remove(user_key);
-            }
-            0
-        }
+) {
+    let tombstone =
+        is_tombstone(user_key, entry).expect("the key space writes well-formed history values");
+    let version = Version {
+        revision,
+        tombstone,
+    };
+    // Looked up by slice first: a put to an existing key allocates no key.
+    let Some(state) = keys.get_mut(user_key) else {
+        keys.insert(
+            user_key.to_vec(),
+            KeyState {
+                current: current.flatten(),
+                versions: vec![version],
+            },
+        );
+        return;
+    };
+    assert!(
+        state
+            .versions
+            .last()
+            .is_none_or(|last| last.revision < revision),
+        "a new version of {user_key:?} at {revision} is not the newest"
+    );
+    state.versions.push(version);
+    if let Some(current) = current {
+        state.current = current;
+    }
+}
+
+/// Records in `keys` that a compaction removed `user_key`'s version at `revision` (not in the
+/// map when the same apply wrote it).
+fn record_compacted_version(keys: &mut Keys, revision: i64, user_key: &[u8]) {
+    let Some(state) = keys.get_mut(user_key) else {
+        return;
+    };
+    if let Ok(at) = state
+        .versions
+        .binary_search_by_key(&revision, |version| version.revision)
+    {
+        state.versions.remove(at);
+    }
+    // A key deleted and compacted in the same apply still has its current value here, until
+    // its removal (which no history write took) is recorded.
+    if state.versions.is_empty() && state.current.is_none() {
+        keys.remove(user_key);
     }
 }
 
 /// Records in `keys` the removal of `user_key`, whose history writes in the same apply were all
-/// compacted away. Returns how the number of existing keys changed.
-fn record_removal_without_history(keys: &mut Keys, user_key: &[u8]) -> isize {
+/// compacted away.
+fn record_removal_without_history(keys: &mut Keys, user_key: &[u8]) {
     let Some(state) = keys.get_mut(user_key) else {
-        return 0;
+        return;
     };
-    let existed = state.current.take().is_some();
+    state.current = None;
     if state.versions.is_empty() {
         keys.remove(user_key);
     }
-    -isize::from(existed)
 }
 
 /// Whether `writes` remove history entries from the tree (only a compaction does), which must
@@ -1477,8 +1465,6 @@ const PERSIST_AFTER: Duration = Duration::from_millis(50);
 #[derive(Default)]
 struct Memory {
     keys: Keys,
-    /// How many of `keys` exist now (have a current value).
-    live_count: usize,
     /// Tree writes of applied batches, not yet handed to sled, in the order of precedence: newer
     /// than `persisting`.
     pending: Overlay,
@@ -1527,7 +1513,6 @@ impl KeySpace {
             tree,
             gate: RwLock::new(Memory {
                 keys,
-                live_count,
                 ..Memory::default()
             }),
             persisting: Mutex::new(()),
@@ -1652,20 +1637,19 @@ impl KeySpace {
         let mut live_writes = overlay.split_off([LIVE_PREFIX].as_slice());
         memory.pending.append(&mut overlay);
         let mut live_key = Vec::new();
-        let mut count_change = 0;
         for (key, value) in rest {
             if key.first() == Some(&HISTORY_PREFIX) {
-                let current = if value.is_some() {
-                    let (_, user_key) = parse_history_key(&key).expect(WELL_FORMED_HISTORY_KEY);
-                    live_key.clear();
-                    live_key.push(LIVE_PREFIX);
-                    live_key.extend_from_slice(user_key);
-                    live_writes.remove(live_key.as_slice())
-                } else {
-                    None
-                };
-                count_change +=
-                    record_history_write(&mut memory.keys, &key, value.as_deref(), current);
+                let (revision, user_key) = parse_history_key(&key).expect(WELL_FORMED_HISTORY_KEY);
+                match &value {
+                    Some(entry) => {
+                        live_key.clear();
+                        live_key.push(LIVE_PREFIX);
+                        live_key.extend_from_slice(user_key);
+                        let current = live_writes.remove(live_key.as_slice());
+                        record_version(&mut memory.keys, revision, user_key, entry, current);
+                    }
+                    None => record_compacted_version(&mut memory.keys, revision, user_key),
+                }
             }
             memory.pending.insert(key, value);
         }
@@ -1676,12 +1660,8 @@ impl KeySpace {
                 current.is_none(),
                 "the current version of {live_key:?} has no history write"
             );
-            count_change += record_removal_without_history(&mut memory.keys, &live_key[1..]);
+            record_removal_without_history(&mut memory.keys, &live_key[1..]);
         }
-        memory.live_count = memory
-            .live_count
-            .checked_add_signed(count_change)
-            .expect("the live key count stays positive");
         memory.pending.extend(extra);
         // Only what changed: a missing meta entry reads back as its initial value, and every
         // replica makes the same choice from the same commands.
@@ -1696,10 +1676,6 @@ impl KeySpace {
                 Some(encode_meta(compact_revision)),
             );
         }
-        assert_eq!(
-            memory.live_count, live_key_count,
-            "the live entries are the keys that exist"
-        );
         let pending_since = *memory.pending_since.get_or_insert_with(Instant::now);
         let persist_now = memory.pending.len() >= PERSIST_AFTER_WRITES
             || pending_since.elapsed() >= PERSIST_AFTER;
@@ -1998,7 +1974,6 @@ impl KeySpace {
         // What was applied before the restore but never handed to sled is replaced too.
         *memory = Memory {
             keys: restored_keys,
-            live_count: loaded.live_key_count,
             ..Memory::default()
         };
         self.revision.store(loaded.revision, Ordering::Release);
@@ -3694,7 +3669,6 @@ pub(crate) mod tests {
 
     type ModelState = BTreeMap<Vec<u8>, KeyValue>;
 
-    /// ETCD_WIRE.md 3.1, written independently of [`KeyRange`].
     /// Commands applied in batches (where a key can be written, deleted and compacted away
     /// within one apply) leave the same reads, hash and counts as the same commands applied one
     /// at a time, and memory as the history defines it.
@@ -3747,6 +3721,7 @@ pub(crate) mod tests {
         }
     }
 
+    /// ETCD_WIRE.md 3.1, written independently of [`KeyRange`].
     fn model_in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
         match end {
             [] => key == start,
@@ -3903,7 +3878,7 @@ pub(crate) mod tests {
         let memory = keyspace.read_gate();
         let keys = load_history(tree_history(&keyspace.tree)).expect("rebuild");
         assert_eq!(memory.keys, keys);
-        assert_eq!(memory.live_count, live_count(&keys));
+        assert_eq!(keyspace.live_key_count(), live_count(&keys));
         assert_eq!(keyspace.tree.scan_prefix([LIVE_PREFIX]).count(), 0);
         assert_eq!(keyspace.tree.scan_prefix([DUMP_HISTORY_PREFIX]).count(), 0);
         assert_eq!(keyspace.tree.scan_prefix([HISTORY_PREFIX]).count(), 0);

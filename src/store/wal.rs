@@ -370,9 +370,9 @@ impl Wal {
         // The segment holding the first kept record may start below it, with purged records:
         // cut there, not at a purged record's segment, or the kept records would stay on disk.
         let index = index.max(self.first);
-        let keep = index.saturating_sub(self.first) as usize;
+        let keep = (index - self.first) as usize;
         // Where record `index` starts, in the segment that holds it.
-        let mut cut = (index >= self.first).then(|| self.locations[keep]);
+        let mut cut = Some(self.locations[keep]);
         // Newest first: a crash part way leaves a shorter log, never one with a hole.
         while let Some(segment) = self.segments.last() {
             if segment.first < index {

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::future::Future;
 use std::net::TcpListener;
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
@@ -172,9 +173,7 @@ fn port_claims_dir() -> PathBuf {
 /// exclusive lock on the port's file, which the kernel drops when the process ends however it
 /// ends. Nextest runs each test in its own process, so two tests running at once would
 /// otherwise pick the same port now and then (seen: "Address already in use" in CI).
-fn claim_port(port: u16, claims: &mut Vec<File>) -> bool {
-    let dir = port_claims_dir();
-    std::fs::create_dir_all(&dir).expect("create the port claims folder");
+fn claim_port(dir: &Path, port: u16, claims: &mut Vec<File>) -> bool {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -208,14 +207,16 @@ fn free_ports(count: usize) -> Vec<u16> {
     let mut rng = TestRng::new(seed);
     let span = usize::from(NODE_PORT_RANGE.end - NODE_PORT_RANGE.start);
     let mut taken = TAKEN.lock().expect("ports lock");
+    let claims_dir = port_claims_dir();
+    std::fs::create_dir_all(&claims_dir).expect("create the port claims folder");
+    let mut claims = CLAIMS.lock().expect("port claims lock");
     let mut ports = Vec::with_capacity(count);
     while ports.len() < count {
         let port = NODE_PORT_RANGE.start + rng.index(span) as u16;
         if taken.contains(&port) || ports.contains(&port) {
             continue;
         }
-        let mut claims = CLAIMS.lock().expect("port claims lock");
-        if claim_port(port, &mut claims) {
+        if claim_port(&claims_dir, port, &mut claims) {
             if TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 ports.push(port);
             } else {
