@@ -3669,56 +3669,163 @@ pub(crate) mod tests {
 
     type ModelState = BTreeMap<Vec<u8>, KeyValue>;
 
+    /// Applies `commands` to `batched` in one apply and to `single` one at a time, then checks
+    /// that both gave the same responses and left the same reads at every revision, hash and
+    /// counts, and that `batched`'s memory is what its history defines.
+    fn assert_one_batch_agrees_with_one_at_a_time(
+        batched: &KeySpace,
+        single: &KeySpace,
+        commands: &[Command],
+        context: &str,
+    ) {
+        let one_at_a_time: Vec<CommandResponse> = commands
+            .iter()
+            .map(|command| run(single, command.clone()))
+            .collect();
+        let references: Vec<Option<&Command>> = commands.iter().map(Some).collect();
+        let responses = batched.apply(&references, Vec::new()).expect("apply");
+        let context = format!("{context}: {commands:?}");
+        assert_eq!(responses, one_at_a_time, "{context}");
+        assert_eq!(every_read(batched), every_read(single), "{context}");
+        assert_eq!(
+            batched.live_key_count(),
+            single.live_key_count(),
+            "{context}"
+        );
+        assert_eq!(
+            batched.compact_revision(),
+            single.compact_revision(),
+            "{context}"
+        );
+        assert_eq!(batched.hash_kv(0), single.hash_kv(0), "{context}");
+        assert_memory_is_the_history(batched);
+    }
+
+    /// A put that names a lease, which can only fail: no lease exists in the key space.
+    fn put_with_unknown_lease(key: &[u8]) -> TxnRequestOp {
+        TxnRequestOp::Put(PutOp {
+            lease: 7,
+            ..put_op(key, b"never")
+        })
+    }
+
+    /// One random command over `keys`: a put (sometimes asking for the previous value), a
+    /// delete of one key or of a range, a txn writing one key twice or failing after a delete,
+    /// or a compaction at or below `revision`.
+    fn random_command(rng: &mut Rng, keys: &[Vec<u8>], revision: i64, value: &[u8]) -> Command {
+        let key = keys[rng.below(keys.len())].clone();
+        let other = keys[rng.below(keys.len())].clone();
+        match rng.below(10) {
+            0..=2 => Command::Put(PutOp {
+                prev_kv: rng.below(2) == 0,
+                ..put_op(&key, value)
+            }),
+            3 => delete(&key, b""),
+            4 => match rng.below(3) {
+                0 => delete(b"\0", b"\0"),
+                1 => delete(&key, b"\0"),
+                _ => delete(key.as_slice().min(&other), key.as_slice().max(&other)),
+            },
+            5 => Command::Txn(TxnOp {
+                compare: vec![compare(
+                    &other,
+                    CompareResult::Equal,
+                    CompareTarget::Create(0),
+                )],
+                success: vec![
+                    TxnRequestOp::Put(put_op(&key, value)),
+                    TxnRequestOp::Delete(delete_op(&key, b"")),
+                ],
+                failure: vec![
+                    TxnRequestOp::Delete(delete_op(&key, b"")),
+                    TxnRequestOp::Put(put_op(&key, value)),
+                ],
+            }),
+            6 => Command::Txn(TxnOp {
+                compare: Vec::new(),
+                success: vec![
+                    TxnRequestOp::Delete(delete_op(&key, b"")),
+                    TxnRequestOp::Put(put_op(&other, value)),
+                    put_with_unknown_lease(&key),
+                ],
+                failure: Vec::new(),
+            }),
+            _ => Command::Compact {
+                revision: 1 + rng.below(revision as usize) as i64,
+            },
+        }
+    }
+
     /// Commands applied in batches (where a key can be written, deleted and compacted away
-    /// within one apply) leave the same reads, hash and counts as the same commands applied one
-    /// at a time, and memory as the history defines it.
+    /// within one apply, by plain commands, range deletes and txns) give the same responses and
+    /// leave the same reads, hash and counts as the same commands applied one at a time, and
+    /// memory as the history defines it.
     #[test]
     fn commands_applied_in_batches_agree_with_the_same_commands_one_at_a_time() {
-        for seed in [3_u64, 11, 99, 0xC0FFEE] {
+        let keys = awkward_keys();
+        for seed in [3_u64, 11, 99, 0xC0FFEE, 0x5EED_0001, 0x5EED_0002] {
             let mut rng = Rng(seed);
             let batched = open_temporary();
             let single = open_temporary();
-            let keys: Vec<Vec<u8>> = awkward_keys().into_iter().take(6).collect();
             for round in 0..40 {
+                // Compactions aim at or below the revision the batch may have reached so far
+                // (each command writes at most once), often at one it wrote itself; one above
+                // the revision reached is refused alike.
                 let mut commands = Vec::new();
-                // The revision `single` reaches within this batch so far: compactions aim at or
-                // below it, sometimes at a revision this same batch wrote.
-                let mut revision = single.revision();
                 for step in 0..1 + rng.below(8) {
-                    let key = keys[rng.below(keys.len())].clone();
-                    let command = match rng.below(6) {
-                        0..=2 => put(&key, format!("{seed}-{round}-{step}").as_bytes()),
-                        3 | 4 => delete(&key, b""),
-                        _ => Command::Compact {
-                            revision: 1 + rng.below(revision as usize) as i64,
-                        },
-                    };
-                    revision = run(&single, command.clone()).revision;
-                    commands.push(command);
+                    let revision = single.revision() + step as i64;
+                    let value = format!("{seed}-{round}-{step}");
+                    commands.push(random_command(&mut rng, &keys, revision, value.as_bytes()));
                 }
-                let references: Vec<Option<&Command>> = commands.iter().map(Some).collect();
-                let responses = batched.apply(&references, Vec::new()).expect("apply");
-                let context = format!("seed {seed} round {round}: {commands:?}");
-                assert_eq!(
-                    responses.last().map(|r| r.revision),
-                    Some(revision),
-                    "{context}"
-                );
-                assert_eq!(every_read(&batched), every_read(&single), "{context}");
-                assert_eq!(
-                    batched.live_key_count(),
-                    single.live_key_count(),
-                    "{context}"
-                );
-                assert_eq!(
-                    batched.compact_revision(),
-                    single.compact_revision(),
-                    "{context}"
-                );
-                assert_eq!(batched.hash_kv(0), single.hash_kv(0), "{context}");
-                assert_memory_is_the_history(&batched);
+                let context = format!("seed {seed} round {round}");
+                assert_one_batch_agrees_with_one_at_a_time(&batched, &single, &commands, &context);
             }
         }
+    }
+
+    /// One batch where a key is written, deleted, compacted away and written again, inside and
+    /// outside txns, around a range delete of everything and a failing txn rolled back.
+    #[test]
+    fn a_batch_that_rewrites_keys_across_compactions_agrees_with_one_at_a_time() {
+        let batched = open_temporary();
+        let single = open_temporary();
+        let before = [
+            put(b"a", b"1"),
+            put(&[0xFF, 0x00], b"2"),
+            delete(&[0xFF, 0x00], b""),
+        ];
+        assert_one_batch_agrees_with_one_at_a_time(&batched, &single, &before, "before");
+        let txn = |ops: Vec<TxnRequestOp>| {
+            Command::Txn(TxnOp {
+                compare: Vec::new(),
+                success: ops,
+                failure: Vec::new(),
+            })
+        };
+        let batch = [
+            txn(vec![
+                TxnRequestOp::Put(put_op(b"a", b"3")),
+                TxnRequestOp::Delete(delete_op(b"a", b"")),
+            ]),
+            Command::Compact { revision: 5 },
+            put(b"b", b"4"),
+            txn(vec![
+                TxnRequestOp::Delete(delete_op(b"b", b"")),
+                put_with_unknown_lease(b"b"),
+            ]),
+            put(&[0xFF, 0x00], b"5"),
+            delete(b"\0", b"\0"),
+            Command::Compact { revision: 7 },
+            put(b"a", b"6"),
+            txn(vec![
+                TxnRequestOp::Delete(delete_op(b"a", b"")),
+                TxnRequestOp::Put(put_op(b"a", b"7")),
+            ]),
+        ];
+        assert_one_batch_agrees_with_one_at_a_time(&batched, &single, &batch, "batch");
+        let a = get(&batched, b"a").expect("a is live");
+        assert_eq!((a.value.as_slice(), a.version), (&b"7"[..], 1));
+        assert_eq!(batched.compact_revision(), 7);
     }
 
     /// ETCD_WIRE.md 3.1, written independently of [`KeyRange`].
