@@ -16,8 +16,17 @@
 //!
 //! It holds at most `BUFFER_BYTES` (16 KiB) per connection, as much as h2's own write buffer.
 //!
-//! Must never: hold a byte past a flush; take more of a write than it reports taken; change
-//! reads.
+//! Responses finish in bursts: one apply completes the writes of many clients at once, and each
+//! response is handed to its connection by its own task. tokio runs the connection's task right
+//! after the first of them (it was just woken), so each response flushed alone: 1.7 socket writes
+//! per put at put-64. A flush that comes within [`BURST_WINDOW`] of this connection's last one
+//! therefore lets the tasks already queued on the worker run first (it wakes its own task and
+//! returns `Pending` once); h2 then buffers what they handed over, and all of it leaves in one
+//! write. A flush after a quiet spell (one request at a time) goes at once: yielding there would
+//! only wake an idle worker (measured: +25% CPU per serializable get at one client).
+//!
+//! Must never: report a flush done before every held byte has left; take more of a write than
+//! it reports taken; change reads; leave a flush waiting without waking its task.
 
 use std::io;
 use std::io::IoSlice;
@@ -25,6 +34,8 @@ use std::pin::Pin;
 use std::task::Context;
 use std::task::Poll;
 use std::task::ready;
+use std::time::Duration;
+use std::time::Instant;
 
 use bytes::Buf;
 use bytes::BytesMut;
@@ -37,11 +48,21 @@ use tonic::transport::server::Connected;
 /// 16 KiB, so one batch of small frames fits.
 const BUFFER_BYTES: usize = 16 * 1024;
 
+/// A flush this soon after the connection's previous one lets queued tasks run first (see the
+/// module docs). The responses of one burst come microseconds apart; one request at a time on a
+/// connection comes a round trip apart, at least 100 us on loopback.
+const BURST_WINDOW: Duration = Duration::from_micros(50);
+
 /// A connection whose writes reach the socket only when h2 flushes. See the module docs.
 pub struct CoalescedWrites<S> {
     inner: S,
     /// Written by h2, not yet by the socket.
     held: BytesMut,
+    /// When held bytes last started for the socket at a flush.
+    last_flush: Option<Instant>,
+    /// The current flush has let queued tasks run once already.
+    yielded: bool,
+    burst_window: Duration,
 }
 
 impl<S> CoalescedWrites<S> {
@@ -49,6 +70,9 @@ impl<S> CoalescedWrites<S> {
         CoalescedWrites {
             inner,
             held: BytesMut::new(),
+            last_flush: None,
+            yielded: false,
+            burst_window: BURST_WINDOW,
         }
     }
 }
@@ -132,7 +156,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.held.is_empty() {
+            let now = Instant::now();
+            let in_burst = self
+                .last_flush
+                .is_some_and(|last| now.saturating_duration_since(last) < self.burst_window);
+            if in_burst && !self.yielded {
+                // Woken at once, this task runs again after those already queued.
+                self.yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.last_flush = Some(now);
+        }
         ready!(self.poll_write_held(cx))?;
+        self.yielded = false;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -284,6 +322,61 @@ mod tests {
         assert_eq!(sent.len(), expected.len());
         assert!(sent == expected, "bytes lost, repeated or reordered");
         assert!(socket.writes().iter().all(|write| write.len() <= 1000));
+    }
+
+    /// Counts the wakes of the task it stands for.
+    struct CountedWakes(std::sync::atomic::AtomicUsize);
+
+    impl futures::task::ArcWake for CountedWakes {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_flush_in_a_burst_lets_queued_tasks_run_once_then_sends_their_writes_with_its_own() {
+        let socket = Recorder::new(usize::MAX);
+        let mut io = CoalescedWrites::new(socket.clone());
+        // Every flush after the first counts as in the burst, however slow the test runs.
+        io.burst_window = Duration::from_secs(3600);
+        write_all(&mut io, b"first");
+        flush(&mut io);
+        assert_eq!(socket.writes(), vec![b"first".to_vec()], "no burst yet");
+
+        let wakes = Arc::new(CountedWakes(Default::default()));
+        let waker = futures::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        write_all(&mut io, b"mine");
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
+        assert_eq!(
+            wakes.0.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the flush must wake its own task, or the bytes wait forever"
+        );
+        assert_eq!(socket.writes().len(), 1, "nothing leaves while others run");
+        // Another task's response, handed over meanwhile.
+        write_all(&mut io, b"theirs");
+        assert!(matches!(
+            Pin::new(&mut io).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(
+            socket.writes(),
+            vec![b"first".to_vec(), b"minetheirs".to_vec()]
+        );
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_flush_after_a_quiet_spell_goes_at_once() {
+        let socket = Recorder::new(usize::MAX);
+        let mut io = CoalescedWrites::new(socket.clone());
+        io.burst_window = Duration::ZERO;
+        write_all(&mut io, b"one");
+        flush(&mut io);
+        write_all(&mut io, b"two");
+        flush(&mut io);
+        assert_eq!(socket.writes(), vec![b"one".to_vec(), b"two".to_vec()]);
     }
 
     /// The writing half of a socket, counting the writes it is given (for the HTTP/2 test).
