@@ -50,7 +50,8 @@ const BUFFER_BYTES: usize = 16 * 1024;
 
 /// A flush this soon after the connection's previous one lets queued tasks run first (see the
 /// module docs). The responses of one burst come microseconds apart; one request at a time on a
-/// connection comes a round trip apart, at least 100 us on loopback.
+/// connection comes a round trip apart (0.15 ms at the median for a serializable get at one
+/// client on loopback, where the syscall counts showed no yield).
 const BURST_WINDOW: Duration = Duration::from_micros(50);
 
 /// A connection whose writes reach the socket only when h2 flushes. See the module docs.
@@ -62,6 +63,7 @@ pub struct CoalescedWrites<S> {
     last_flush: Option<Instant>,
     /// The current flush has let queued tasks run once already.
     yielded: bool,
+    /// [`BURST_WINDOW`]; tests set it to make every flush in or out of a burst.
     burst_window: Duration,
 }
 
