@@ -367,18 +367,59 @@ mod tests {
             vec![b"first".to_vec(), b"minetheirs".to_vec()]
         );
         assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // The next flush of the burst yields again: the yield is per flush, not once ever.
+        write_all(&mut io, b"next");
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(matches!(
+            Pin::new(&mut io).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(socket.writes().len(), 3);
+        // Nothing held, nothing to wait for.
+        assert!(matches!(
+            Pin::new(&mut io).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// The window runs from the connection's latest flush, not its first.
+    #[test]
+    fn the_burst_window_starts_at_the_latest_flush() {
+        let socket = Recorder::new(usize::MAX);
+        let mut io = CoalescedWrites::new(socket.clone());
+        io.burst_window = Duration::from_millis(200);
+        write_all(&mut io, b"early");
+        flush(&mut io);
+        std::thread::sleep(Duration::from_millis(400));
+        write_all(&mut io, b"quiet");
+        flush(&mut io);
+        // Well within the window of "quiet", long past that of "early".
+        let wakes = Arc::new(CountedWakes(Default::default()));
+        let waker = futures::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        write_all(&mut io, b"burst");
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
     fn a_flush_after_a_quiet_spell_goes_at_once() {
         let socket = Recorder::new(usize::MAX);
         let mut io = CoalescedWrites::new(socket.clone());
-        io.burst_window = Duration::ZERO;
-        write_all(&mut io, b"one");
-        flush(&mut io);
-        write_all(&mut io, b"two");
-        flush(&mut io);
-        assert_eq!(socket.writes(), vec![b"one".to_vec(), b"two".to_vec()]);
+        io.burst_window = Duration::from_millis(1);
+        for write in [&b"one"[..], b"two", b"three"] {
+            write_all(&mut io, write);
+            // `flush` asserts the flush is done at once.
+            flush(&mut io);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(
+            socket.writes(),
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
     }
 
     /// The writing half of a socket, counting the writes it is given (for the HTTP/2 test).
