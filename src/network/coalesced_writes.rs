@@ -327,6 +327,7 @@ mod tests {
     }
 
     /// Counts the wakes of the task it stands for.
+    #[derive(Default)]
     struct CountedWakes(std::sync::atomic::AtomicUsize);
 
     impl futures::task::ArcWake for CountedWakes {
@@ -335,23 +336,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_flush_in_a_burst_lets_queued_tasks_run_once_then_sends_their_writes_with_its_own() {
+    impl CountedWakes {
+        fn count(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// A connection over a recorder, with the given burst window.
+    fn recorded(burst_window: Duration) -> (Recorder, CoalescedWrites<Recorder>) {
         let socket = Recorder::new(usize::MAX);
         let mut io = CoalescedWrites::new(socket.clone());
+        io.burst_window = burst_window;
+        (socket, io)
+    }
+
+    #[test]
+    fn a_flush_in_a_burst_lets_queued_tasks_run_once_then_sends_their_writes_with_its_own() {
         // Every flush after the first counts as in the burst, however slow the test runs.
-        io.burst_window = Duration::from_secs(3600);
+        let (socket, mut io) = recorded(Duration::from_secs(3600));
         write_all(&mut io, b"first");
         flush(&mut io);
         assert_eq!(socket.writes(), vec![b"first".to_vec()], "no burst yet");
 
-        let wakes = Arc::new(CountedWakes(Default::default()));
+        let wakes = Arc::new(CountedWakes::default());
         let waker = futures::task::waker(wakes.clone());
         let mut cx = Context::from_waker(&waker);
         write_all(&mut io, b"mine");
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
         assert_eq!(
-            wakes.0.load(std::sync::atomic::Ordering::SeqCst),
+            wakes.count(),
             1,
             "the flush must wake its own task, or the bytes wait forever"
         );
@@ -366,12 +379,12 @@ mod tests {
             socket.writes(),
             vec![b"first".to_vec(), b"minetheirs".to_vec()]
         );
-        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(wakes.count(), 1);
 
         // The next flush of the burst yields again: the yield is per flush, not once ever.
         write_all(&mut io, b"next");
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
-        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(wakes.count(), 2);
         assert!(matches!(
             Pin::new(&mut io).poll_flush(&mut cx),
             Poll::Ready(Ok(()))
@@ -382,34 +395,31 @@ mod tests {
             Pin::new(&mut io).poll_flush(&mut cx),
             Poll::Ready(Ok(()))
         ));
-        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(wakes.count(), 2);
     }
 
     /// The window runs from the connection's latest flush, not its first.
     #[test]
     fn the_burst_window_starts_at_the_latest_flush() {
-        let socket = Recorder::new(usize::MAX);
-        let mut io = CoalescedWrites::new(socket.clone());
-        io.burst_window = Duration::from_millis(200);
+        let (socket, mut io) = recorded(Duration::from_millis(200));
         write_all(&mut io, b"early");
         flush(&mut io);
         std::thread::sleep(Duration::from_millis(400));
         write_all(&mut io, b"quiet");
         flush(&mut io);
         // Well within the window of "quiet", long past that of "early".
-        let wakes = Arc::new(CountedWakes(Default::default()));
+        let wakes = Arc::new(CountedWakes::default());
         let waker = futures::task::waker(wakes.clone());
         let mut cx = Context::from_waker(&waker);
         write_all(&mut io, b"burst");
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
-        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(wakes.count(), 1);
+        assert_eq!(socket.writes(), vec![b"early".to_vec(), b"quiet".to_vec()]);
     }
 
     #[test]
     fn a_flush_after_a_quiet_spell_goes_at_once() {
-        let socket = Recorder::new(usize::MAX);
-        let mut io = CoalescedWrites::new(socket.clone());
-        io.burst_window = Duration::from_millis(1);
+        let (socket, mut io) = recorded(Duration::from_millis(1));
         for write in [&b"one"[..], b"two", b"three"] {
             write_all(&mut io, write);
             // `flush` asserts the flush is done at once.
