@@ -1501,13 +1501,12 @@ impl KeySpace {
         move_history_to_revision_order(&tree)?;
         move_history_into_blocks(&tree)?;
         let keys = load_history(tree_history(&tree))?;
-        let live_count = live_count(&keys);
         let loaded = Loaded::new(
             tree.get(META_REVISION_KEY).map_err(sled_error)?.as_deref(),
             tree.get(META_COMPACT_REVISION_KEY)
                 .map_err(sled_error)?
                 .as_deref(),
-            live_count,
+            live_count(&keys),
         )?;
         Ok(KeySpace {
             tree,

@@ -196,7 +196,6 @@ fn free_ports(count: usize) -> Vec<u16> {
     use std::sync::atomic::AtomicU64;
     use std::sync::atomic::Ordering;
     static DRAWS: AtomicU64 = AtomicU64::new(0);
-    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     static CLAIMS: Mutex<Vec<File>> = Mutex::new(Vec::new());
     let seed = u64::from(std::process::id()) << 32
         ^ DRAWS.fetch_add(1, Ordering::SeqCst)
@@ -206,26 +205,21 @@ fn free_ports(count: usize) -> Vec<u16> {
             .unwrap_or(0);
     let mut rng = TestRng::new(seed);
     let span = usize::from(NODE_PORT_RANGE.end - NODE_PORT_RANGE.start);
-    let mut taken = TAKEN.lock().expect("ports lock");
     let claims_dir = port_claims_dir();
     std::fs::create_dir_all(&claims_dir).expect("create the port claims folder");
     let mut claims = CLAIMS.lock().expect("port claims lock");
     let mut ports = Vec::with_capacity(count);
     while ports.len() < count {
         let port = NODE_PORT_RANGE.start + rng.index(span) as u16;
-        if taken.contains(&port) || ports.contains(&port) {
-            continue;
-        }
-        if claim_port(&claims_dir, port, &mut claims) {
-            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                ports.push(port);
-            } else {
-                // In use by something else: taken for good in this process.
-                taken.push(port);
-            }
+        // A port this process drew before, here or in an earlier call, fails its claim too: its
+        // claim is held for good, and an flock conflicts across open files of one process. A
+        // claimed port that is in use by something else thus stays out as well.
+        if claim_port(&claims_dir, port, &mut claims)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            ports.push(port);
         }
     }
-    taken.extend(&ports);
     ports
 }
 
