@@ -54,6 +54,13 @@ async fn metrics_count_requests_and_show_follower_lag_only_on_the_leader() {
         );
         assert!(sample(&scrape, "quorumdb_proposals_committed_total") >= Some(20.0));
         assert!(sample(&scrape, "quorumdb_disk_flush_duration_seconds_count") > Some(0.0));
+        // One put at a time: an append each; no append is empty (indexes count from 0).
+        let appends = sample(&scrape, "quorumdb_disk_log_appends_total").expect("log appends");
+        let last_index = sample(&scrape, "quorumdb_raft_last_log_index").expect("last index");
+        assert!(
+            (20.0..=last_index + 1.0).contains(&appends),
+            "{appends} appends, last log index {last_index}"
+        );
         assert_eq!(sample(&scrape, "quorumdb_mvcc_keys"), Some(20.0));
         for follower in &followers {
             let label = format!(

@@ -34,6 +34,8 @@ fn latency_histogram() -> Histogram {
 pub struct StoreMetrics {
     /// Duration of one sync (fdatasync) of the Raft log (group commit: it may cover many appends).
     pub flush_seconds: Histogram,
+    /// Appends to the Raft log, each one write of one or more entries.
+    pub log_appends: Counter,
     pub snapshots_built: Counter,
     pub snapshots_installed: Counter,
 }
@@ -42,6 +44,7 @@ impl Default for StoreMetrics {
     fn default() -> Self {
         StoreMetrics {
             flush_seconds: latency_histogram(),
+            log_appends: Counter::default(),
             snapshots_built: Counter::default(),
             snapshots_installed: Counter::default(),
         }
@@ -194,6 +197,11 @@ impl NodeMetrics {
             "quorumdb_disk_flush_duration_seconds",
             "Duration of one flush of the Raft log to disk (one flush covers many appends)",
             store.flush_seconds.clone(),
+        );
+        r.register(
+            "quorumdb_disk_log_appends",
+            "Appends to the Raft log, each one write of one or more entries (entries per append: the last log index's growth over this)",
+            store.log_appends.clone(),
         );
         r.register(
             "quorumdb_snapshots_built",

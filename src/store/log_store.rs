@@ -41,6 +41,7 @@ use openraft::alias::VoteOf;
 use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::wal;
@@ -65,6 +66,7 @@ const COMMITTED_FILE: &str = "committed";
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
     flusher: mpsc::Sender<IOFlushed<TypeConfig>>,
+    appends: Counter,
 }
 
 struct Inner {
@@ -81,7 +83,11 @@ struct Inner {
 
 impl LogStore {
     /// Opens (or creates) the log in `dir` and starts its flusher thread.
-    pub(crate) fn open(dir: &Path, flush_seconds: Histogram) -> io::Result<LogStore> {
+    pub(crate) fn open(
+        dir: &Path,
+        flush_seconds: Histogram,
+        appends: Counter,
+    ) -> io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         let purged: Option<LogIdOf<TypeConfig>> = match wal::read_replaced(dir, PURGED_FILE)? {
             Some(bytes) => Some(decode(&bytes)?),
@@ -116,7 +122,11 @@ impl LogStore {
         std::thread::Builder::new()
             .name("log flusher".to_string())
             .spawn(move || run_flusher(for_flusher, pending, flush_seconds))?;
-        Ok(LogStore { inner, flusher })
+        Ok(LogStore {
+            inner,
+            flusher,
+            appends,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -332,6 +342,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             // Written now so they can be read back at once; reported durable only by the flusher.
             inner.wal.append(&records)?;
+            if !records.is_empty() {
+                self.appends.inc();
+            }
             for (entry, (_, bytes)) in entries.into_iter().zip(&records) {
                 inner.last = Some(entry.log_id());
                 inner.cache_push(entry, bytes.len());
@@ -460,7 +473,8 @@ mod tests {
         // A second run (a restart) finds nothing to move.
         migrate_from_sled(&db, &log_dir).expect("migrate again");
 
-        let mut store = LogStore::open(&log_dir, Histogram::new([1.0])).expect("open");
+        let mut store =
+            LogStore::open(&log_dir, Histogram::new([1.0]), Counter::default()).expect("open");
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(purged));
         assert_eq!(state.last_log_id, Some(entry(2, 20).log_id()));

@@ -58,7 +58,11 @@ pub fn open_with_metrics(data_dir: &Path, metrics: StoreMetrics) -> io::Result<S
     )?);
     let log_dir = data_dir.join("raft-log");
     log_store::migrate_from_sled(&db, &log_dir)?;
-    let log_store = LogStore::open(&log_dir, metrics.flush_seconds.clone())?;
+    let log_store = LogStore::open(
+        &log_dir,
+        metrics.flush_seconds.clone(),
+        metrics.log_appends.clone(),
+    )?;
     let alarms = alarms::Alarms::default();
     let state_machine = StateMachine::open(
         db.clone(),
