@@ -194,8 +194,10 @@ impl Node {
         let peer_listener = bind(&config.listen_peer_url).await?;
         let leader_contact = LeaderContact::default();
         let membership = MembershipChanges::new(raft.clone());
+        let proposals = network::Proposals::new(raft.clone());
         let peer_service = network::PeerService::new(
             membership.clone(),
+            proposals.clone(),
             faults.clone(),
             config.enable_fault_injection,
         )
@@ -227,7 +229,12 @@ impl Node {
         }
 
         let context = ApiContext {
-            consensus: Consensus::new(config.id, membership.clone(), peers.clone()),
+            consensus: Consensus::new(
+                config.id,
+                membership.clone(),
+                proposals.clone(),
+                peers.clone(),
+            ),
             reader: store.reader,
             cluster_id: config.cluster_id,
             max_request_bytes: config.max_request_bytes,
@@ -301,7 +308,7 @@ impl Node {
         let publisher = tokio::spawn(publish_member(
             config.id,
             config.member(),
-            Consensus::new(config.id, membership, peers),
+            Consensus::new(config.id, membership, proposals, peers),
             stopped,
         ));
         tracing::info!(

@@ -2,7 +2,7 @@
 //! linearizable reads pass a read-index barrier before reading locally, on any member.
 //!
 //! ```text
-//! write:  leader?  yes -> raft.client_write
+//! write:  leader?  yes -> Proposals (raft.client_write, a burst's writes in one append)
 //!                  no  -> Peer.ForwardWrites, one stream to the leader (which runs client_write)
 //! read:   leader?  yes -> raft.ensure_linearizable(ReadIndex)
 //!                  no  -> Peer.ReadIndex on the leader, one request for every read waiting
@@ -39,6 +39,7 @@ use crate::network::ForwardFailure;
 use crate::network::ForwardWriteError;
 use crate::network::Forwarder;
 use crate::network::Peers;
+use crate::network::Proposals;
 use crate::network::ReadIndexError;
 use crate::network::ReadIndexReply;
 use crate::network::membership::MembershipChange;
@@ -62,6 +63,7 @@ pub struct Consensus {
     pub(crate) id: NodeId,
     pub(crate) raft: Raft,
     membership: MembershipChanges,
+    proposals: Proposals,
     peers: Peers,
     forwarder: Forwarder,
     read_batch: Arc<Mutex<ReadBatch>>,
@@ -84,13 +86,20 @@ struct ReadBatch {
 type Asked = Option<(NodeId, ReadLogId<TypeConfig>)>;
 
 impl Consensus {
-    /// `membership` makes this node's membership changes when it leads; every part of the node
-    /// must share one, so that its changes are made one at a time.
-    pub fn new(id: NodeId, membership: MembershipChanges, peers: Peers) -> Self {
+    /// `membership` makes this node's membership changes when it leads, `proposals` its writes;
+    /// every part of the node must share one of each, so that its changes are made one at a time
+    /// and its writes of one burst join one append.
+    pub fn new(
+        id: NodeId,
+        membership: MembershipChanges,
+        proposals: Proposals,
+        peers: Peers,
+    ) -> Self {
         Consensus {
             id,
             raft: membership.raft().clone(),
             membership,
+            proposals,
             forwarder: Forwarder::new(peers.clone()),
             peers,
             read_batch: Arc::default(),
@@ -150,7 +159,7 @@ impl Consensus {
             let (leader, member) = self.wait_for_leader(deadline).await?;
             if leader == self.id {
                 let outcome =
-                    tokio::time::timeout_at(deadline, self.raft.client_write(Arc::clone(&command)))
+                    tokio::time::timeout_at(deadline, self.proposals.write(Arc::clone(&command)))
                         .await;
                 match outcome {
                     Ok(Ok(response)) => return Ok(response.data),

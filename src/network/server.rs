@@ -25,6 +25,7 @@ use tonic::Streaming;
 use super::FROM_NODE_METADATA;
 use super::FaultPlan;
 use super::Faults;
+use super::Proposals;
 use super::membership::MembershipChange;
 use super::membership::MembershipChanges;
 use super::membership::MembershipError;
@@ -61,8 +62,8 @@ pub type ForwardWriteReply = Result<CommandResponse, ForwardWriteError>;
 const FORWARDED_ANSWERS_QUEUED: usize = 1024;
 
 /// Proposes a write a follower forwarded, and says what became of it.
-async fn run_forwarded_write(raft: &Raft, command: Command) -> ForwardWriteReply {
-    match raft.client_write(std::sync::Arc::new(command)).await {
+async fn run_forwarded_write(proposals: &Proposals, command: Command) -> ForwardWriteReply {
+    match proposals.write(std::sync::Arc::new(command)).await {
         Ok(response) => Ok(response.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             Err(ForwardWriteError::NotLeader {
@@ -76,12 +77,12 @@ async fn run_forwarded_write(raft: &Raft, command: Command) -> ForwardWriteReply
 
 /// Runs one write of a forward stream and queues its answer, `(id, reply)`.
 async fn answer_forwarded_write(
-    raft: Raft,
+    proposals: Proposals,
     answers: tokio::sync::mpsc::Sender<Result<RaftMessage, Status>>,
     id: u64,
     command: Command,
 ) {
-    let result = run_forwarded_write(&raft, command).await;
+    let result = run_forwarded_write(&proposals, command).await;
     let answer = encode(&(id, result))
         .map(|payload| RaftMessage { payload })
         .map_err(|e| Status::internal(format!("cannot encode reply: {e}")));
@@ -154,6 +155,7 @@ const PUBLISH_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2
 pub struct PeerService {
     raft: Raft,
     membership: MembershipChanges,
+    proposals: Proposals,
     read_index_counters: ReadIndexCounters,
     faults: Faults,
     fault_injection_enabled: bool,
@@ -187,12 +189,14 @@ impl PeerService {
     /// holds the node's Raft handle.
     pub fn new(
         membership: MembershipChanges,
+        proposals: Proposals,
         faults: Faults,
         fault_injection_enabled: bool,
     ) -> Self {
         PeerService {
             raft: membership.raft().clone(),
             membership,
+            proposals,
             read_index_counters: ReadIndexCounters::default(),
             faults,
             fault_injection_enabled,
@@ -441,7 +445,7 @@ impl Peer for PeerService {
     ) -> Result<Response<RaftMessage>, Status> {
         self.admit(&request)?;
         let command: Command = decode(&request.into_inner().payload).map_err(bad_payload)?;
-        reply(&run_forwarded_write(&self.raft, command).await)
+        reply(&run_forwarded_write(&self.proposals, command).await)
     }
 
     type ForwardWritesStream = futures::stream::BoxStream<'static, Result<RaftMessage, Status>>;
@@ -456,7 +460,7 @@ impl Peer for PeerService {
         self.admit(&request)?;
         let from = sender(&request);
         let faults = self.faults.clone();
-        let raft = self.raft.clone();
+        let proposals = self.proposals.clone();
         let mut input = request.into_inner();
         let (answers, outbound) =
             tokio::sync::mpsc::channel::<Result<RaftMessage, Status>>(FORWARDED_ANSWERS_QUEUED);
@@ -473,7 +477,7 @@ impl Peer for PeerService {
                     Ok(Some(message)) => match decode::<(u64, Command)>(&message.payload) {
                         Ok((id, command)) => {
                             tokio::spawn(answer_forwarded_write(
-                                raft.clone(),
+                                proposals.clone(),
                                 answers.clone(),
                                 id,
                                 command,
