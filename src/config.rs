@@ -68,6 +68,11 @@ pub struct ServerArgs {
     /// alarm is raised and puts are refused until space is freed and the alarm disarmed.
     #[arg(long, env = "QUORUMDB_QUOTA_BACKEND_BYTES")]
     pub quota_backend_bytes: Option<u64>,
+    /// Bound on the database's page cache in bytes (default 64 MiB). Pages beyond it are read
+    /// back from the files (usually the kernel's page cache) when needed; a member's memory then
+    /// stays near this bound plus the live keys, whatever the history written.
+    #[arg(long, env = "QUORUMDB_CACHE_BYTES")]
+    pub cache_bytes: Option<u64>,
     /// Applied entries between snapshots; the log before a snapshot is then purged (etcd's flag;
     /// default 100,000 as in etcd 3.4). Lower means smaller logs and faster restarts; a snapshot
     /// costs a db flush (the key space is the snapshot, encoded only to send to a follower).
@@ -117,6 +122,8 @@ pub struct NodeConfig {
     pub quota_backend_bytes: u64,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
+    /// Bound on the database's page cache.
+    pub cache_bytes: u64,
     pub auto_compaction: AutoCompaction,
     pub enable_fault_injection: bool,
 }
@@ -263,6 +270,7 @@ impl ServerArgs {
             listen_metrics_urls: self.listen_metrics_urls.or(file.listen_metrics_urls),
             quota_backend_bytes: self.quota_backend_bytes.or(file.quota_backend_bytes),
             snapshot_count: self.snapshot_count.or(file.snapshot_count),
+            cache_bytes: self.cache_bytes.or(file.cache_bytes),
             auto_compaction_mode: self.auto_compaction_mode.or(file.auto_compaction_mode),
             auto_compaction_retention: self
                 .auto_compaction_retention
@@ -392,6 +400,14 @@ impl ServerArgs {
                 limits::SNAPSHOT_COUNT_MAX
             )));
         }
+        let cache_bytes = args.cache_bytes.unwrap_or(limits::CACHE_BYTES_DEFAULT);
+        if !(limits::CACHE_BYTES_MIN..=limits::CACHE_BYTES_MAX).contains(&cache_bytes) {
+            return Err(invalid(format!(
+                "--cache-bytes must be between {} and {} bytes (got {cache_bytes})",
+                limits::CACHE_BYTES_MIN,
+                limits::CACHE_BYTES_MAX
+            )));
+        }
         let auto_compaction = AutoCompaction::parse(
             args.auto_compaction_mode.as_deref().unwrap_or("periodic"),
             args.auto_compaction_retention.as_deref().unwrap_or("0"),
@@ -419,6 +435,7 @@ impl ServerArgs {
             listen_metrics_urls,
             quota_backend_bytes,
             snapshot_count,
+            cache_bytes,
             auto_compaction,
             enable_fault_injection: args.enable_fault_injection.unwrap_or(false),
         })
@@ -520,12 +537,32 @@ mod tests {
     }
 
     #[test]
+    fn cache_bytes_defaults_to_64_mib_and_refuses_values_outside_its_limits() {
+        let config = args("n1", "n1=http://127.0.0.1:2380")
+            .into_config()
+            .unwrap();
+        assert_eq!(config.cache_bytes, 64 << 20);
+        for refused in [0, limits::CACHE_BYTES_MIN - 1, limits::CACHE_BYTES_MAX + 1] {
+            let mut a = args("n1", "n1=http://127.0.0.1:2380");
+            a.cache_bytes = Some(refused);
+            let error = a.into_config().unwrap_err().to_string();
+            assert!(
+                error.contains("--cache-bytes must be between 1048576 and"),
+                "{error}"
+            );
+        }
+        let mut a = args("n1", "n1=http://127.0.0.1:2380");
+        a.cache_bytes = Some(256 << 20);
+        assert_eq!(a.into_config().unwrap().cache_bytes, 256 << 20);
+    }
+
+    #[test]
     fn flags_override_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n1.toml");
         std::fs::write(
             &path,
-            "name = \"n1\"\ninitial_cluster = \"n1=http://127.0.0.1:2380\"\nmax_txn_ops = 5\nelection_timeout = 900\n",
+            "name = \"n1\"\ninitial_cluster = \"n1=http://127.0.0.1:2380\"\nmax_txn_ops = 5\nelection_timeout = 900\ncache_bytes = 2097152\n",
         )
         .unwrap();
         let a = ServerArgs {
@@ -536,5 +573,6 @@ mod tests {
         let config = a.into_config().unwrap();
         assert_eq!(config.max_txn_ops, 5);
         assert_eq!(config.election_timeout_ms, 1500);
+        assert_eq!(config.cache_bytes, 2 << 20);
     }
 }

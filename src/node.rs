@@ -145,12 +145,12 @@ impl Node {
             join_existing_cluster(&mut config).await?;
         }
         let metrics = NodeMetrics::new();
-        let store = store::open_with_metrics(&config.data_dir, metrics.store.clone()).map_err(
-            |source| NodeError::Store {
+        let store =
+            store::open_with_metrics(&config.data_dir, config.cache_bytes, metrics.store.clone())
+                .map_err(|source| NodeError::Store {
                 path: config.data_dir.display().to_string(),
                 source,
-            },
-        )?;
+            })?;
         let faults = Faults::default();
         let peers = Peers::new(config.id, faults.clone())
             .with_snapshot_counter(metrics.snapshots_sent.clone());

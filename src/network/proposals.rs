@@ -158,7 +158,12 @@ mod tests {
     /// A one-member cluster on `dir`, led by itself; its log appends are counted in the metrics.
     async fn lone_leader(dir: &std::path::Path) -> (Raft, StoreMetrics) {
         let metrics = StoreMetrics::default();
-        let store = crate::store::open_with_metrics(dir, metrics.clone()).unwrap();
+        let store = crate::store::open_with_metrics(
+            dir,
+            crate::limits::CACHE_BYTES_DEFAULT,
+            metrics.clone(),
+        )
+        .unwrap();
         let config = openraft::Config {
             heartbeat_interval: 50,
             election_timeout_min: 150,

@@ -40,17 +40,27 @@ pub struct Store {
     pub reader: KvReader,
 }
 
-/// Opens (or creates) the node's storage under `data_dir`, with metrics nobody reads. Must run
-/// inside a tokio runtime: the log store starts its flusher task.
+/// Opens (or creates) the node's storage under `data_dir`, with the default cache bound and
+/// metrics nobody reads. Must run inside a tokio runtime: the log store starts its flusher task.
 pub fn open(data_dir: &Path) -> io::Result<Store> {
-    open_with_metrics(data_dir, StoreMetrics::default())
+    open_with_metrics(
+        data_dir,
+        crate::limits::CACHE_BYTES_DEFAULT,
+        StoreMetrics::default(),
+    )
 }
 
-/// [`open`], recording flush latencies and snapshot counts into `metrics`.
-pub fn open_with_metrics(data_dir: &Path, metrics: StoreMetrics) -> io::Result<Store> {
+/// [`open`], with the database's page cache bounded to `cache_bytes`, recording flush latencies
+/// and snapshot counts into `metrics`.
+pub fn open_with_metrics(
+    data_dir: &Path,
+    cache_bytes: u64,
+    metrics: StoreMetrics,
+) -> io::Result<Store> {
     std::fs::create_dir_all(data_dir)?;
     let db = sled::Config::new()
         .path(data_dir.join("db"))
+        .cache_capacity(cache_bytes)
         .open()
         .map_err(codec::sled_error)?;
     let keyspace = Arc::new(mvcc::KeySpace::open(
