@@ -329,3 +329,78 @@ fn raft_error(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Mem
         other => MembershipError::Raft(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+    use openraft::Membership;
+
+    use super::*;
+    use crate::network::test_support::lone_leader;
+
+    /// A change whose second step never ran (its leader was lost between the steps) leaves a
+    /// joint config. The next change must flatten it first and then make its own change: on the
+    /// joint config openraft refuses every change as in progress, so the membership would be
+    /// stuck for good (checked: without the flattening this test fails with `InProgress`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_on_a_config_left_joint_flattens_it_then_makes_the_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raft, _) = lone_leader(dir.path()).await;
+        // openraft takes a membership entry only once the leader committed one of its term.
+        let leader_blank = raft.metrics().borrow_watched().last_log_index;
+        raft.wait(Some(Duration::from_secs(10)))
+            .applied_index(leader_blank, "the leader's first entry is applied")
+            .await
+            .unwrap();
+        let voters = BTreeSet::from([1]);
+        // One entry holding a joint config, as the first step of a change leaves it.
+        let joint = Membership::new(
+            vec![voters.clone(), voters.clone()],
+            BTreeMap::from([(1, Member::default())]),
+        )
+        .unwrap();
+        let written = raft
+            .append_membership(joint, EntryPayload::Blank, [])
+            .await
+            .unwrap();
+        let joint_index = written.log_id.index;
+        assert_eq!(
+            raft.metrics()
+                .borrow_watched()
+                .membership_config
+                .membership()
+                .get_joint_config()
+                .len(),
+            2,
+            "the test starts from a joint config"
+        );
+
+        let member = Member {
+            name: "one".to_string(),
+            peer_url: "http://127.0.0.1:1".to_string(),
+            client_url: "http://127.0.0.1:2".to_string(),
+        };
+        MembershipChanges::new(raft.clone())
+            .change(MembershipChange::Publish {
+                id: 1,
+                member: member.clone(),
+            })
+            .await
+            .unwrap();
+
+        let metrics = raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        assert_eq!(
+            membership.get_joint_config(),
+            &vec![voters],
+            "the joint config was flattened"
+        );
+        assert_eq!(membership.get_node(&1), Some(&member), "and then changed");
+        assert_eq!(
+            metrics.membership_config.log_id().map(|id| id.index),
+            Some(joint_index + 2),
+            "two entries: the flattening, then the change"
+        );
+        raft.shutdown().await.unwrap();
+    }
+}

@@ -21,6 +21,8 @@ mod proposals;
 mod raft_network;
 pub mod read_index;
 mod server;
+#[cfg(test)]
+mod test_support;
 
 pub use coalesced_writes::CoalescedWrites;
 pub use faults::FaultPlan;
