@@ -41,6 +41,13 @@ fn revision(header: Option<&ResponseHeader>) -> i64 {
     header.expect("response has a header").revision()
 }
 
+/// A Raft index gauge (`quorumdb_raft_*_index`) from a node's /metrics.
+fn raft_gauge(cluster: &Cluster, node: usize, name: &str) -> u64 {
+    let (status, scrape) = http_get(&cluster.nodes[node].metrics_url(), "/metrics");
+    assert_eq!(status, 200, "/metrics of n{}", node + 1);
+    sample(&scrape, name).unwrap_or_else(|| panic!("{name} missing in\n{scrape}")) as u64
+}
+
 /// What a key looks like to a client: its value and the metadata etcd's revision rules govern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Record {
@@ -776,7 +783,13 @@ async fn a_follower_down_during_10000_writes_catches_up_after_restart() {
     let leader = cluster.wait_for_leader().await;
     let down = rng.choose(&cluster.followers(leader));
     cluster.kill(down);
-    eprintln!("leader n{}, follower n{} killed", leader + 1, down + 1);
+    // The killed follower holds no entry past the leader's last one at this moment.
+    let missed_from = raft_gauge(&cluster, leader, "quorumdb_raft_last_log_index") + 1;
+    eprintln!(
+        "leader n{}, follower n{} killed; it lacks the entries from {missed_from}",
+        leader + 1,
+        down + 1
+    );
 
     let client = cluster.client(leader).await;
     let started = Instant::now();
@@ -836,6 +849,28 @@ async fn a_follower_down_during_10000_writes_catches_up_after_restart() {
     );
     let leader_revision = revision(leader_view.header());
 
+    // The point of 10,000 writes: the leader purges entries the follower lacks, so only a
+    // snapshot can bring it back. openraft purges once its snapshot policy and log retention
+    // allow it and no replication holds the range in flight, which for the dead follower's
+    // retrying stream can be a moment after the writes: wait for it rather than assume it.
+    let purged = cluster
+        .eventually(
+            Duration::from_secs(60),
+            "the leader purging the missed entries",
+            || {
+                let purged = raft_gauge(&cluster, leader, "quorumdb_raft_purged_index");
+                std::future::ready(if purged >= missed_from {
+                    Ok(purged)
+                } else {
+                    Err(format!(
+                        "purged through {purged}, the follower lacks {missed_from} on"
+                    ))
+                })
+            },
+        )
+        .await;
+    eprintln!("the leader purged its log through {purged}");
+
     cluster.restart(down);
     let restarted = Instant::now();
     let caught_up = cluster.client(down).await;
@@ -860,10 +895,8 @@ async fn a_follower_down_during_10000_writes_catches_up_after_restart() {
         restarted.elapsed()
     );
 
-    // The point of 10,000 writes: the leader purged the entries the follower missed, so only a
-    // snapshot could bring it back. If this stops holding (limits changed), the test no longer
-    // proves catch-up by snapshot and needs more writes. The follower logs the install after
-    // flushing it, which can be a moment after its data already serves reads.
+    // The leader could only send a snapshot. The follower logs the install after flushing it,
+    // which can be a moment after its data already serves reads.
     cluster
         .wait_for_log_line(down, "installed snapshot", Duration::from_secs(10))
         .await;

@@ -61,6 +61,11 @@ async fn metrics_count_requests_and_show_follower_lag_only_on_the_leader() {
             (20.0..=last_index + 1.0).contains(&appends),
             "{appends} appends, last log index {last_index}"
         );
+        assert_eq!(
+            sample(&scrape, "quorumdb_raft_purged_index"),
+            Some(0.0),
+            "20 puts are far from the snapshot that allows a purge"
+        );
         assert_eq!(sample(&scrape, "quorumdb_mvcc_keys"), Some(20.0));
         for follower in &followers {
             let label = format!(

@@ -90,6 +90,7 @@ pub struct NodeMetrics {
     has_leader: Gauge,
     term: Gauge,
     last_log_index: Gauge,
+    purged_index: Gauge,
     commit_index: Gauge,
     applied_index: Gauge,
     follower_lag_entries: Family<FollowerLabels, Gauge>,
@@ -117,6 +118,7 @@ impl NodeMetrics {
             has_leader: Gauge::default(),
             term: Gauge::default(),
             last_log_index: Gauge::default(),
+            purged_index: Gauge::default(),
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
             follower_lag_entries: Family::default(),
@@ -152,6 +154,12 @@ impl NodeMetrics {
             "quorumdb_raft_last_log_index",
             "Index of the last entry in this member's log",
             metrics.last_log_index.clone(),
+        );
+        r.register(
+            "quorumdb_raft_purged_index",
+            "Highest log index purged from this member's log (0 before the first purge); a follower \
+             that lacks an entry at or below it catches up by snapshot",
+            metrics.purged_index.clone(),
         );
         r.register(
             "quorumdb_raft_commit_index",
@@ -266,6 +274,8 @@ impl NodeMetrics {
             self.term.set(m.current_term as i64);
             self.last_log_index
                 .set(m.last_log_index.unwrap_or(0) as i64);
+            self.purged_index
+                .set(m.purged.map(|id| id.index).unwrap_or(0) as i64);
             self.commit_index
                 .set(m.local_committed.map(|id| id.index).unwrap_or(0) as i64);
             self.applied_index

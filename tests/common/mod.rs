@@ -625,8 +625,6 @@ impl Drop for Cluster {
     }
 }
 
-/// The seed of a randomized test: `QUORUMDB_TEST_SEED` when set (to replay a run), otherwise
-/// derived from the clock. Printed either way, so every failure can be replayed.
 /// A plain HTTP/1.1 GET: (status code, body). Bounded by socket timeouts.
 pub fn http_get(base: &str, path: &str) -> (u16, String) {
     use std::io::Read;
@@ -667,6 +665,8 @@ pub fn sample(scrape: &str, name: &str) -> Option<f64> {
         })
 }
 
+/// The seed of a randomized test: `QUORUMDB_TEST_SEED` when set (to replay a run), otherwise
+/// derived from the clock. Printed either way, so every failure can be replayed.
 pub fn test_seed(test_name: &str) -> u64 {
     let seed = match std::env::var("QUORUMDB_TEST_SEED") {
         Ok(text) => text
