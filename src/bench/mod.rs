@@ -2,7 +2,7 @@
 //! API, so the same run works against QuorumDB and against etcd.
 //!
 //! ```text
-//! clients (tasks) --round robin--> connections (gRPC channels) --round robin--> endpoints
+//! clients (tasks) --round robin--> connections (HTTP/2, grpc.rs) --round robin--> endpoints
 //! each client: loop { pick key (sequential or seeded random) -> one request -> record latency }
 //! until the total count or the duration is reached; then merge latencies -> report
 //! ```
@@ -22,9 +22,15 @@ use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
 use crate::pb::etcdserverpb as etcd;
-use crate::pb::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::rng::SplitMix64;
+
+mod grpc;
+
+/// The KV methods the workloads call.
+const PUT: &str = "/etcdserverpb.KV/Put";
+const RANGE: &str = "/etcdserverpb.KV/Range";
+const TXN: &str = "/etcdserverpb.KV/Txn";
 
 /// Longest run accepted: a benchmark is never an unbounded load loop.
 pub const BENCH_DURATION_SECS_MAX: f64 = 3600.0;
@@ -290,16 +296,15 @@ async fn followers(endpoints: &[String]) -> Result<Vec<String>, BenchError> {
 
 /// One request of the workload.
 async fn request(
-    client: &mut KvClient<Channel>,
+    connection: &mut grpc::Connection,
     args: &BenchArgs,
     key: Vec<u8>,
     read: bool,
 ) -> Result<(), tonic::Status> {
-    let value = vec![b'v'; args.val_size];
     let timeout = Duration::from_millis(BENCH_REQUEST_TIMEOUT_MS);
-    let put = etcd::PutRequest {
+    let put = || etcd::PutRequest {
         key: key.clone(),
-        value,
+        value: vec![b'v'; args.val_size],
         ..Default::default()
     };
     let range = |serializable| etcd::RangeRequest {
@@ -308,32 +313,30 @@ async fn request(
         ..Default::default()
     };
     match (args.workload, read) {
-        (Workload::Put, _) | (Workload::Mixed, false) => {
-            let mut r = tonic::Request::new(put);
-            r.set_timeout(timeout);
-            client.put(r).await.map(|_| ())
-        }
-        (Workload::RangeLinearizable, _) | (Workload::Mixed, true) => {
-            let mut r = tonic::Request::new(range(false));
-            r.set_timeout(timeout);
-            client.range(r).await.map(|_| ())
-        }
-        (Workload::RangeSerializable, _) => {
-            let mut r = tonic::Request::new(range(true));
-            r.set_timeout(timeout);
-            client.range(r).await.map(|_| ())
-        }
+        (Workload::Put, _) | (Workload::Mixed, false) => connection
+            .unary::<_, etcd::PutResponse>(PUT, &put(), timeout)
+            .await
+            .map(drop),
+        (Workload::RangeLinearizable, _) | (Workload::Mixed, true) => connection
+            .unary::<_, etcd::RangeResponse>(RANGE, &range(false), timeout)
+            .await
+            .map(drop),
+        (Workload::RangeSerializable, _) => connection
+            .unary::<_, etcd::RangeResponse>(RANGE, &range(true), timeout)
+            .await
+            .map(drop),
         (Workload::TxnPut, _) => {
             let txn = etcd::TxnRequest {
                 compare: Vec::new(),
                 success: vec![etcd::RequestOp {
-                    request: Some(etcd::request_op::Request::RequestPut(put)),
+                    request: Some(etcd::request_op::Request::RequestPut(put())),
                 }],
                 failure: Vec::new(),
             };
-            let mut r = tonic::Request::new(txn);
-            r.set_timeout(timeout);
-            client.txn(r).await.map(|_| ())
+            connection
+                .unary::<_, etcd::TxnResponse>(TXN, &txn, timeout)
+                .await
+                .map(drop)
         }
     }
 }
@@ -344,9 +347,16 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     if args.follower_only {
         endpoints = followers(&endpoints).await?;
     }
-    let mut channels = Vec::with_capacity(args.conns);
+    let mut connections = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
-        channels.push(connect(&endpoints[i % endpoints.len()]).await?);
+        let endpoint = &endpoints[i % endpoints.len()];
+        let connection = grpc::connect(endpoint)
+            .await
+            .map_err(|reason| BenchError::Connect {
+                endpoint: endpoint.clone(),
+                reason,
+            })?;
+        connections.push(connection);
     }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -360,8 +370,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
 
     let tasks: Vec<_> = (0..args.clients)
         .map(|client_index| {
-            let mut client = KvClient::new(channels[client_index % channels.len()].clone())
-                .max_decoding_message_size(usize::MAX);
+            let mut connection = connections[client_index % connections.len()].clone();
             let args = args.clone();
             let issued = issued.clone();
             let mut random =
@@ -383,7 +392,9 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
                     };
                     let read = (random.next_u64() as f64 / u64::MAX as f64) < args.read_ratio;
                     let sent = Instant::now();
-                    match request(&mut client, &args, key(key_number, args.key_size), read).await {
+                    match request(&mut connection, &args, key(key_number, args.key_size), read)
+                        .await
+                    {
                         Ok(()) => latencies.push(sent.elapsed().as_micros() as u64),
                         Err(status) => ErrorTally::record(
                             &mut errors,
