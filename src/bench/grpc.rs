@@ -47,11 +47,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Connection {
     send: h2::client::SendRequest<Bytes>,
     authority: Authority,
+    /// Every call's deadline, and the `grpc-timeout` header that tells the server of it.
+    timeout: Duration,
+    timeout_header: HeaderValue,
 }
 
 /// Opens a plaintext HTTP/2 connection to `endpoint` (`http://host:port`) and drives it on a
-/// task of its own, which ends with the connection.
-pub async fn connect(endpoint: &str) -> Result<Connection, String> {
+/// task of its own, which ends with the connection. Each call on it fails with
+/// `DeadlineExceeded` past `timeout`.
+pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Connection, String> {
     let uri: Uri = endpoint.parse().map_err(|e| format!("not a URL ({e})"))?;
     if uri.scheme() != Some(&Scheme::HTTP) {
         return Err("the bench speaks plaintext gRPC: give http:// endpoints".to_string());
@@ -79,19 +83,26 @@ pub async fn connect(endpoint: &str) -> Result<Connection, String> {
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    Ok(Connection { send, authority })
+    let timeout_header = HeaderValue::from_str(&format!("{}m", timeout.as_millis()))
+        .map_err(|e| format!("timeout {timeout:?} as grpc-timeout: {e}"))?;
+    Ok(Connection {
+        send,
+        authority,
+        timeout,
+        timeout_header,
+    })
 }
 
 impl Connection {
     /// Calls `path` (`/package.Service/Method`) with `request` and decodes the answer, failing
-    /// with the server's status, or `DeadlineExceeded` past `timeout`.
+    /// with the server's status, or `DeadlineExceeded` past the connection's timeout.
     pub async fn unary<Req: prost::Message, Resp: prost::Message + Default>(
         &mut self,
         path: &'static str,
         request: &Req,
-        timeout: Duration,
     ) -> Result<Resp, Status> {
-        match tokio::time::timeout(timeout, self.call(path, request, timeout)).await {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, self.call(path, request)).await {
             Ok(answer) => Resp::decode(answer?)
                 .map_err(|e| Status::internal(format!("cannot decode the answer to {path}: {e}"))),
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -105,7 +116,6 @@ impl Connection {
         &mut self,
         path: &'static str,
         request: &Req,
-        timeout: Duration,
     ) -> Result<Bytes, Status> {
         let length = request.encoded_len();
         let mut body = BytesMut::with_capacity(MESSAGE_PREFIX_BYTES + length);
@@ -130,11 +140,7 @@ impl Connection {
             HeaderValue::from_static("application/grpc"),
         );
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-        headers.insert(
-            "grpc-timeout",
-            HeaderValue::from_str(&format!("{}m", timeout.as_millis()))
-                .expect("digits and a unit are a header value"),
-        );
+        headers.insert("grpc-timeout", self.timeout_header.clone());
 
         std::future::poll_fn(|cx| self.send.poll_ready(cx))
             .await
@@ -303,6 +309,61 @@ mod tests {
             .expect_err("code 9 is a failure");
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert_eq!(status.message(), "etcdserver: requested lease not found");
+    }
+
+    /// A server that takes each call, sends back the `grpc-timeout` it was given, and never
+    /// answers the call itself.
+    async fn silent_server() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (seen, timeouts) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut connection = h2::server::handshake(socket).await.expect("handshake");
+            let mut held = Vec::new();
+            while let Some(Ok((request, respond))) = connection.accept().await {
+                let timeout = request
+                    .headers()
+                    .get("grpc-timeout")
+                    .map(|v| v.to_str().expect("ascii").to_string())
+                    .unwrap_or_default();
+                let _ = seen.send(timeout);
+                held.push((request, respond));
+            }
+        });
+        (format!("http://{address}"), timeouts)
+    }
+
+    #[tokio::test]
+    async fn a_call_without_an_answer_fails_with_deadline_exceeded_after_the_timeout() {
+        let (endpoint, mut timeouts) = silent_server().await;
+        let timeout = Duration::from_millis(300);
+        let mut connection = connect(&endpoint, timeout).await.expect("connect");
+        let started = std::time::Instant::now();
+        let answer = connection
+            .unary::<_, crate::pb::etcdserverpb::PutResponse>(
+                "/etcdserverpb.KV/Put",
+                &crate::pb::etcdserverpb::PutRequest::default(),
+            )
+            .await;
+        let status = answer.expect_err("nothing answers");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(started.elapsed() >= timeout);
+        // The server is told the same deadline, on every call of the connection.
+        assert_eq!(timeouts.recv().await.as_deref(), Some("300m"));
+        let again = connection
+            .unary::<_, crate::pb::etcdserverpb::PutResponse>(
+                "/etcdserverpb.KV/Put",
+                &crate::pb::etcdserverpb::PutRequest::default(),
+            )
+            .await;
+        assert_eq!(
+            again.expect_err("still silent").code(),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(timeouts.recv().await.as_deref(), Some("300m"));
     }
 
     #[test]

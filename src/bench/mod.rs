@@ -38,7 +38,7 @@ pub const BENCH_DURATION_SECS_MAX: f64 = 3600.0;
 pub const BENCH_CLIENTS_MAX: usize = 10_000;
 pub const BENCH_CONNECTIONS_MAX: usize = 1_000;
 /// A request that takes longer counts as an error (`deadline`).
-pub const BENCH_REQUEST_TIMEOUT_MS: u64 = 10_000;
+pub const BENCH_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -301,7 +301,6 @@ async fn request(
     key: Vec<u8>,
     read: bool,
 ) -> Result<(), tonic::Status> {
-    let timeout = Duration::from_millis(BENCH_REQUEST_TIMEOUT_MS);
     let put = || etcd::PutRequest {
         key: key.clone(),
         value: vec![b'v'; args.val_size],
@@ -314,15 +313,15 @@ async fn request(
     };
     match (args.workload, read) {
         (Workload::Put, _) | (Workload::Mixed, false) => connection
-            .unary::<_, etcd::PutResponse>(PUT, &put(), timeout)
+            .unary::<_, etcd::PutResponse>(PUT, &put())
             .await
             .map(drop),
         (Workload::RangeLinearizable, _) | (Workload::Mixed, true) => connection
-            .unary::<_, etcd::RangeResponse>(RANGE, &range(false), timeout)
+            .unary::<_, etcd::RangeResponse>(RANGE, &range(false))
             .await
             .map(drop),
         (Workload::RangeSerializable, _) => connection
-            .unary::<_, etcd::RangeResponse>(RANGE, &range(true), timeout)
+            .unary::<_, etcd::RangeResponse>(RANGE, &range(true))
             .await
             .map(drop),
         (Workload::TxnPut, _) => {
@@ -334,7 +333,7 @@ async fn request(
                 failure: Vec::new(),
             };
             connection
-                .unary::<_, etcd::TxnResponse>(TXN, &txn, timeout)
+                .unary::<_, etcd::TxnResponse>(TXN, &txn)
                 .await
                 .map(drop)
         }
@@ -350,7 +349,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     let mut connections = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
         let endpoint = &endpoints[i % endpoints.len()];
-        let connection = grpc::connect(endpoint)
+        let connection = grpc::connect(endpoint, BENCH_REQUEST_TIMEOUT)
             .await
             .map_err(|reason| BenchError::Connect {
                 endpoint: endpoint.clone(),
