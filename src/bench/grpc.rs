@@ -56,6 +56,8 @@ pub struct Connection {
 /// task of its own, which ends with the connection. Each call on it fails with
 /// `DeadlineExceeded` past `timeout`.
 pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Connection, String> {
+    let timeout_header = HeaderValue::from_str(&format!("{}m", timeout.as_millis()))
+        .map_err(|e| format!("timeout {timeout:?} as grpc-timeout: {e}"))?;
     let uri: Uri = endpoint.parse().map_err(|e| format!("not a URL ({e})"))?;
     if uri.scheme() != Some(&Scheme::HTTP) {
         return Err("the bench speaks plaintext gRPC: give http:// endpoints".to_string());
@@ -83,8 +85,6 @@ pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Connection, St
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let timeout_header = HeaderValue::from_str(&format!("{}m", timeout.as_millis()))
-        .map_err(|e| format!("timeout {timeout:?} as grpc-timeout: {e}"))?;
     Ok(Connection {
         send,
         authority,
@@ -311,8 +311,8 @@ mod tests {
         assert_eq!(status.message(), "etcdserver: requested lease not found");
     }
 
-    /// A server that takes each call, sends back the `grpc-timeout` it was given, and never
-    /// answers the call itself.
+    /// A server that takes each call, reports the `grpc-timeout` it was given on the returned
+    /// channel, and never answers the call.
     async fn silent_server() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -322,6 +322,7 @@ mod tests {
         tokio::spawn(async move {
             let (socket, _) = listener.accept().await.expect("accept");
             let mut connection = h2::server::handshake(socket).await.expect("handshake");
+            // Held open: a dropped stream would be reset, which the client sees at once.
             let mut held = Vec::new();
             while let Some(Ok((request, respond))) = connection.accept().await {
                 let timeout = request
