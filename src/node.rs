@@ -44,7 +44,6 @@ use crate::network::membership::MembershipChanges;
 use crate::observe;
 use crate::observe::Observer;
 use crate::observe::metrics::NodeMetrics;
-use crate::observe::request_layer::RequestMetricsLayer;
 use crate::pb::peer::RaftMessage;
 use crate::store;
 use crate::types::Member;
@@ -252,21 +251,14 @@ impl Node {
                 api::maintenance::MaintenanceService::new(context.clone()).into_server();
             // grpc.health.v1 with "" SERVING, as etcd registers it: some tooling probes it.
             let (_, health) = tonic_health::server::health_reporter();
-            let shutdown = wait_for_stop(stopped.clone());
-            let layer = RequestMetricsLayer::new(metrics.clone());
-            servers.push(tokio::spawn(async move {
-                let served = tonic::transport::Server::builder()
-                    .layer(layer)
-                    .add_service(health)
-                    .add_service(kv)
-                    .add_service(cluster)
-                    .add_service(maintenance)
-                    .serve_with_incoming_shutdown(client_connections(listener), shutdown)
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "client service stopped");
-                }
-            }));
+            let routes =
+                api::serve::ClientRoutes::new(kv, cluster, maintenance, health, metrics.clone());
+            servers.push(tokio::spawn(api::serve::serve(
+                listener,
+                client_connection,
+                routes,
+                stopped.clone(),
+            )));
         }
 
         let observer = Observer {
@@ -556,20 +548,14 @@ async fn join_existing_cluster(config: &mut NodeConfig) -> Result<(), NodeError>
     }
 }
 
-/// Accepted client connections: no Nagle delay (small requests, latency matters), and etcd Go
+/// An accepted client connection: no Nagle delay (small requests, latency matters), and etcd Go
 /// clients' scheme-prefixed `:authority` normalised for h2 (see [`api::authority`]), and one
 /// write per HTTP/2 flush (see [`network::CoalescedWrites`]).
-fn client_connections(
-    listener: TcpListener,
-) -> impl futures::Stream<
-    Item = std::io::Result<api::authority::AuthorityFix<network::CoalescedWrites<TcpStream>>>,
-> {
-    TcpListenerStream::new(listener).map(|accepted| {
-        accepted.map(|stream| {
-            let _ = stream.set_nodelay(true);
-            api::authority::AuthorityFix::new(network::CoalescedWrites::new(stream))
-        })
-    })
+fn client_connection(
+    stream: TcpStream,
+) -> api::authority::AuthorityFix<network::CoalescedWrites<TcpStream>> {
+    let _ = stream.set_nodelay(true);
+    api::authority::AuthorityFix::new(network::CoalescedWrites::new(stream))
 }
 
 /// Accepted peer connections, without Nagle delay: Raft messages are small and latency-bound.

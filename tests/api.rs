@@ -58,6 +58,56 @@ async fn within_time_limit(body: impl Future<Output = ()>) {
     }
 }
 
+/// Calls `path` on `url` with `message` and the extra `headers`, straight on an HTTP/2 stream
+/// (no client-side deadline), and returns the answer's `grpc-status` and `grpc-message`.
+async fn grpc_status_of_raw_call(
+    url: &str,
+    path: &str,
+    message: &impl prost::Message,
+    headers: &[(&str, &str)],
+) -> (String, String) {
+    let address = url.trim_start_matches("http://");
+    let socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to the client port");
+    let (mut client, connection) = h2::client::handshake(socket).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut request = http::Request::post(format!("http://{address}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(()).expect("a well-formed request");
+    let mut body = vec![0];
+    body.extend_from_slice(&u32::try_from(message.encoded_len()).unwrap().to_be_bytes());
+    message.encode(&mut body).expect("encode");
+    let (answer, mut send) = client.send_request(request, false).expect("open a stream");
+    send.send_data(body.into(), true).expect("send the message");
+    let answer = answer.await.expect("response headers");
+    let field = |headers: &http::HeaderMap, name: &str| {
+        headers
+            .get(name)
+            .map(|value| value.to_str().expect("ascii").to_string())
+    };
+    if let Some(status) = field(answer.headers(), "grpc-status") {
+        let message = field(answer.headers(), "grpc-message").unwrap_or_default();
+        return (status, message);
+    }
+    let mut body = answer.into_body();
+    while let Some(data) = body.data().await {
+        let data = data.expect("response body");
+        let _ = body.flow_control().release_capacity(data.len());
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .expect("trailers")
+        .expect("a gRPC answer ends with trailers");
+    let status = field(&trailers, "grpc-status").expect("grpc-status");
+    (status, field(&trailers, "grpc-message").unwrap_or_default())
+}
+
 /// Asserts that `result` is the error etcd returns: the same gRPC code and the same message.
 #[track_caller]
 fn assert_etcd_error<T: Debug>(result: Result<T, Error>, code: Code, message: &str, what: &str) {
@@ -1152,4 +1202,66 @@ async fn the_grpc_health_service_reports_serving() {
         .await
         .expect("health check");
     assert_eq!(response.into_inner().status(), ServingStatus::Serving);
+}
+
+/// The client port answers as tonic's server did, and grpc-go's does in these cases: a service
+/// it does not serve is UNIMPLEMENTED with an empty message, and a call still waiting when its
+/// `grpc-timeout` passes is dropped with CANCELLED "Timeout expired" (here a read waiting for a
+/// revision that will not come before its own, longer, wait ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_service_is_unimplemented_and_a_call_past_its_grpc_timeout_is_cancelled() {
+    use quorumdb::api::metadata::MIN_REVISION_KEY;
+    use quorumdb::limits::MIN_REVISION_WAIT_MS_MAX;
+    use quorumdb::pb::etcdserverpb as etcd;
+
+    const DEADLINE: Duration = Duration::from_millis(300);
+    assert!(DEADLINE < Duration::from_millis(MIN_REVISION_WAIT_MS_MAX));
+    let cluster = common::Cluster::start(1);
+    cluster.wait_for_leader().await;
+    within_time_limit(async {
+        let channel = tonic::transport::Endpoint::from_shared(cluster.nodes[0].client_url())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to the client port");
+
+        let mut lease = etcd::lease_client::LeaseClient::new(channel.clone());
+        let unknown = lease
+            .lease_grant(etcd::LeaseGrantRequest { ttl: 10, id: 0 })
+            .await
+            .expect_err("no lease service");
+        assert_eq!(
+            (unknown.code(), unknown.message()),
+            (Code::Unimplemented, "")
+        );
+
+        // Straight on h2: tonic's client would enforce the grpc-timeout itself.
+        let request = etcd::RangeRequest {
+            key: b"k".to_vec(),
+            serializable: true,
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let (status, message) = grpc_status_of_raw_call(
+            &cluster.nodes[0].client_url(),
+            "/etcdserverpb.KV/Range",
+            &request,
+            &[
+                (MIN_REVISION_KEY, "1000000"),
+                ("grpc-timeout", &format!("{}m", DEADLINE.as_millis())),
+            ],
+        )
+        .await;
+        let waited = started.elapsed();
+        assert_eq!(
+            (status.as_str(), message.as_str()),
+            ("1", "Timeout%20expired"),
+            "CANCELLED by the server's deadline (grpc-message is percent-encoded on the wire)"
+        );
+        assert!(
+            waited >= DEADLINE && waited < Duration::from_millis(MIN_REVISION_WAIT_MS_MAX),
+            "answered after {waited:?}, the deadline was {DEADLINE:?}"
+        );
+    })
+    .await;
 }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod kv;
 pub mod maintenance;
 pub mod metadata;
+pub mod serve;
 
 use std::sync::Arc;
 

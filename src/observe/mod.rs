@@ -22,7 +22,7 @@
 //! [`READY_CHECK_TIMEOUT`] for a check, so a load balancer's probe never hangs.
 
 pub mod metrics;
-pub mod request_layer;
+pub mod requests;
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
