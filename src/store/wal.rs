@@ -51,6 +51,11 @@ const RECORD_BYTES_MAX: usize = 1 << 30;
 /// (at most one segment's worth): one append per this many bytes grows the file.
 const PREALLOCATE_BYTES: u64 = 1 << 20;
 
+/// The zeros written ahead, never changed: in the zero-initialised data segment, so no append
+/// allocates and clears a buffer for them (that was 1.4% of member CPU at put-1000, in the Raft
+/// core's task), and untouched pages cost no memory.
+static ZEROS: [u8; PREALLOCATE_BYTES as usize] = [0; PREALLOCATE_BYTES as usize];
+
 fn checksum(index: u64, payload: &[u8]) -> u32 {
     let mut crc = Crc32c::default();
     crc.update(&index.to_le_bytes());
@@ -281,7 +286,7 @@ impl Wal {
             let ahead = PREALLOCATE_BYTES.min(self.segment_bytes_max);
             segment
                 .file
-                .write_all_at(&vec![0u8; ahead as usize], segment.len)?;
+                .write_all_at(&ZEROS[..ahead as usize], segment.len)?;
             segment.allocated = segment.len + ahead;
         }
         if self.locations.is_empty() {
