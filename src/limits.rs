@@ -28,6 +28,12 @@ pub const LEADER_WAIT_MS_MAX: u64 = 3000;
 /// (`request timed out`): a few election timeouts, so a leader change mid-request can finish.
 pub const REQUEST_TIMEOUT_MS: u64 = 7000;
 
+/// On stop, how long a client connection may stay open after its GOAWAY before it is closed:
+/// a call in flight ends within [`REQUEST_TIMEOUT_MS`] anyway, a stream (health `Watch`) or a
+/// client that never lets go would hold the stop forever. etcd also gives its gRPC servers its
+/// request timeout to stop gracefully.
+pub const CLIENT_DRAIN_MS_MAX: u64 = REQUEST_TIMEOUT_MS;
+
 /// How long a follower waits for its state machine to reach the leader's read index.
 pub const READ_INDEX_APPLY_WAIT_MS_MAX: u64 = 5000;
 

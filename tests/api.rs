@@ -1204,6 +1204,105 @@ async fn the_grpc_health_service_reports_serving() {
     assert_eq!(response.into_inner().status(), ServingStatus::Serving);
 }
 
+/// A stop (SIGTERM) lets calls in flight finish but does not wait for ever on a client that
+/// keeps a stream open: a health Watch held tonic's server, and so the node, until the client
+/// let go. The node closes such connections after the drain time and exits cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_closes_a_watching_client_after_the_drain_time_and_exits_cleanly() {
+    use quorumdb::limits::CLIENT_DRAIN_MS_MAX;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut cluster = common::Cluster::start(1);
+    cluster.wait_for_leader().await;
+    let channel = tonic::transport::Endpoint::from_shared(cluster.nodes[0].client_url())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the client port");
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let first = watch
+        .message()
+        .await
+        .expect("first status")
+        .expect("a status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    let drain = Duration::from_millis(CLIENT_DRAIN_MS_MAX);
+    let (status, took) =
+        tokio::task::block_in_place(|| cluster.nodes[0].terminate(drain + Duration::from_secs(15)))
+            .expect("the node stops despite the open watch");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took >= drain,
+        "stopped after {took:?}, before the drain time"
+    );
+    assert!(
+        !matches!(watch.message().await, Ok(Some(_))),
+        "the watch ends with the node"
+    );
+}
+
+/// A client can call any path: calls no service implements are counted under one method label,
+/// so made-up paths cannot grow the metrics without bound; a known method that answers
+/// UNIMPLEMENTED with a message keeps its own label.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_to_unknown_services_and_methods_are_counted_under_one_method_label() {
+    use quorumdb::pb::etcdserverpb as etcd;
+
+    let cluster = common::Cluster::start(1);
+    cluster.wait_for_leader().await;
+    let url = cluster.nodes[0].client_url();
+    within_time_limit(async {
+        for path in [
+            "/made.up.Service/Call",
+            "/etcdserverpb.KV/NoSuchMethod",
+            "/etcdserverpb.Lease/LeaseGrant",
+        ] {
+            let (status, message) =
+                grpc_status_of_raw_call(&url, path, &etcd::RangeRequest::default(), &[]).await;
+            assert_eq!((status.as_str(), message.as_str()), ("12", ""), "{path}");
+        }
+        let (status, _) = grpc_status_of_raw_call(
+            &url,
+            "/etcdserverpb.Maintenance/Hash",
+            &etcd::HashRequest::default(),
+            &[],
+        )
+        .await;
+        assert_eq!(status, "12", "Hash is not implemented");
+    })
+    .await;
+
+    let (_, scrape) = common::http_get(&cluster.nodes[0].metrics_url(), "/metrics");
+    assert_eq!(
+        common::sample(
+            &scrape,
+            r#"quorumdb_grpc_requests_total{method="unknown",code="Unimplemented"}"#
+        ),
+        Some(3.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        common::sample(
+            &scrape,
+            r#"quorumdb_grpc_requests_total{method="/etcdserverpb.Maintenance/Hash",code="Unimplemented"}"#
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+    for made_up in ["made.up", "NoSuchMethod", "Lease"] {
+        assert!(!scrape.contains(made_up), "{made_up} in {scrape}");
+    }
+}
+
 /// The client port answers as tonic's server did, and grpc-go's does in these cases: a service
 /// it does not serve is UNIMPLEMENTED with an empty message, and a call still waiting when its
 /// `grpc-timeout` passes is dropped with CANCELLED "Timeout expired" (here a read waiting for a

@@ -15,7 +15,9 @@
 //! - a `grpc-timeout` header bounds the call: past it the call is dropped and answers
 //!   `CANCELLED` "Timeout expired"; a malformed value is ignored;
 //! - on stop: no new connection is accepted, every connection gets a GOAWAY, calls in flight
-//!   finish, and serving ends when the last connection has closed.
+//!   finish, and serving ends when the last connection has closed, or after
+//!   [`CLIENT_DRAIN_MS_MAX`], when the connections still open are closed (tonic's server waited
+//!   for ever: an open health `Watch` stream held the node's stop).
 //!
 //! Must never: answer a call without counting it in the request metrics; keep accepting once
 //! asked to stop.
@@ -45,6 +47,7 @@ use tower::util::BoxCloneSyncService;
 use super::cluster::ClusterService;
 use super::kv::KvService;
 use super::maintenance::MaintenanceService;
+use crate::limits::CLIENT_DRAIN_MS_MAX;
 use crate::observe::metrics::NodeMetrics;
 use crate::observe::requests::RequestRecord;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
@@ -175,7 +178,7 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 
 /// Serves `routes` on every connection `listener` accepts, each wrapped by `wrap`, until
 /// `stopped` turns true; then stops accepting, asks every connection to close gracefully and
-/// returns once all have.
+/// returns once all have, closing those still open after [`CLIENT_DRAIN_MS_MAX`].
 pub async fn serve<IO>(
     listener: TcpListener,
     wrap: impl Fn(TcpStream) -> IO,
@@ -230,7 +233,18 @@ pub async fn serve<IO>(
     }
     drop(listener);
     let _ = closing.send(true);
-    while connections.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(Duration::from_millis(CLIENT_DRAIN_MS_MAX), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            connections = connections.len(),
+            drain_ms = CLIENT_DRAIN_MS_MAX,
+            "closing client connections still open after the drain time"
+        );
+        connections.shutdown().await;
+    }
 }
 
 #[cfg(test)]

@@ -31,23 +31,37 @@ impl RequestRecord {
         }
     }
 
-    /// Counts the call with the status its response headers carry, and its time so far.
+    /// Counts the call with the status its response headers carry, and its time so far. A call
+    /// no service implements is counted under [`UNKNOWN_METHOD`].
     pub fn finish<B>(self, response: &http::Response<B>) {
         let code = code_name(response.headers().get("grpc-status"));
+        let method = if is_unknown_method(&code, response.headers().get("grpc-message")) {
+            UNKNOWN_METHOD.to_string()
+        } else {
+            self.method
+        };
         self.metrics
             .request_seconds
             .get_or_create(&MethodLabels {
-                method: self.method.clone(),
+                method: method.clone(),
             })
             .observe(self.started.elapsed().as_secs_f64());
         self.metrics
             .requests
-            .get_or_create(&RequestLabels {
-                method: self.method,
-                code,
-            })
+            .get_or_create(&RequestLabels { method, code })
             .inc();
     }
+}
+
+/// The method label of every call to a service or method that does not exist: a client can
+/// send any path, and one series per made-up path would grow the metrics without bound.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// Whether an answer is the one for a path no service implements: `UNIMPLEMENTED` with no
+/// message, as tonic's generated servers answer an unknown method and `api::serve` an unknown
+/// service. Our own `UNIMPLEMENTED` answers (Maintenance Hash, say) always name the RPC.
+fn is_unknown_method(code: &str, message: Option<&http::HeaderValue>) -> bool {
+    code == "Unimplemented" && message.is_none_or(|message| message.is_empty())
 }
 
 /// The name of a `grpc-status` value, as Prometheus labels show it.
@@ -72,5 +86,15 @@ mod tests {
         assert_eq!(code_name(Some(&unavailable)), "Unavailable");
         let garbage = http::HeaderValue::from_static("x");
         assert_eq!(code_name(Some(&garbage)), "Unknown");
+    }
+
+    #[test]
+    fn only_an_unimplemented_answer_without_a_message_is_an_unknown_method() {
+        let named = http::HeaderValue::from_static("Hash is not implemented");
+        let empty = http::HeaderValue::from_static("");
+        assert!(is_unknown_method("Unimplemented", None));
+        assert!(is_unknown_method("Unimplemented", Some(&empty)));
+        assert!(!is_unknown_method("Unimplemented", Some(&named)));
+        assert!(!is_unknown_method("OK", None));
     }
 }

@@ -133,6 +133,26 @@ impl NodeProcess {
         }
     }
 
+    /// SIGTERM, as an operator's stop: returns how the process ended and how long it took, or
+    /// `None` if it was still running after `wait` (it is then killed).
+    pub fn terminate(&mut self, wait: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+        self.send_signal(libc::SIGTERM);
+        let started = Instant::now();
+        let child = self.child.take().expect("the node is running");
+        let mut child = child
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        while started.elapsed() < wait {
+            if let Some(status) = child.try_wait().expect("wait for the node") {
+                return Some((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     /// How the node ended, if it was started and has since exited without the test killing it.
     pub fn unexpected_exit(&self) -> Option<std::process::ExitStatus> {
         let child = self.child.as_ref()?;
