@@ -42,6 +42,8 @@ const FLAG_PRIORITY: u8 = 0x20;
 const FRAME_PAYLOAD_BYTES_MIN_MAX: usize = 16_384;
 /// A header block larger than this is passed on untouched (h2 will judge it).
 const HEADER_BLOCK_BYTES_MAX: usize = 1024 * 1024;
+/// Room made in the read buffer before each socket read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// `:authority` is entry 1 of HPACK's static table.
 const STATIC_INDEX_AUTHORITY: u64 = 1;
 
@@ -142,6 +144,13 @@ impl<S> AuthorityFix<S> {
             let payload = &frame[FRAME_HEADER_BYTES..];
             match (kind, self.pending.as_mut()) {
                 (FRAME_HEADERS, None) => match split_headers_payload(flags, payload) {
+                    // A whole block needing no change (nearly every one) goes on as it came.
+                    Some((_, fragment))
+                        if flags & FLAG_END_HEADERS != 0
+                            && rewrite_authority(fragment).is_none() =>
+                    {
+                        self.ready.extend_from_slice(&frame)
+                    }
                     Some((priority, fragment)) => {
                         self.pending = Some(PendingBlock {
                             stream_id,
@@ -281,14 +290,20 @@ fn write_integer(out: &mut Vec<u8>, first_byte_flags: u8, prefix_bits: u32, valu
     out.push(rest as u8);
 }
 
-/// Reads an HPACK string literal; returns its decoded bytes.
-fn read_string(block: &[u8], at: &mut usize) -> Option<Vec<u8>> {
+/// Reads an HPACK string literal at `block[*at]`: whether it is Huffman-coded, and its bytes as
+/// sent.
+fn read_string<'a>(block: &'a [u8], at: &mut usize) -> Option<(bool, &'a [u8])> {
     let huffman = *block.get(*at)? & 0x80 != 0;
     let length = read_integer(block, at, 7)? as usize;
     let raw = block.get(*at..at.checked_add(length)?)?;
     *at += length;
+    Some((huffman, raw))
+}
+
+/// The decoded bytes of a string literal [`read_string`] read.
+fn decode_string((huffman, raw): (bool, &[u8])) -> Option<Vec<u8>> {
     if huffman {
-        let mut decoded = Vec::with_capacity(length * 2);
+        let mut decoded = Vec::with_capacity(raw.len() * 2);
         httlib_huffman::decode(raw, &mut decoded, httlib_huffman::DecoderSpeed::FourBits).ok()?;
         Some(decoded)
     } else {
@@ -303,48 +318,65 @@ fn strip_scheme(value: &[u8]) -> Option<&[u8]> {
 }
 
 /// Returns the block with every scheme-prefixed `:authority` literal rewritten, or `None` when
-/// nothing needs to change or the block cannot be parsed (then it goes on untouched).
+/// nothing needs to change or the block cannot be parsed (then it goes on untouched). Only
+/// literal names and `:authority` values are decoded, and nothing is copied until a field
+/// changes: this runs on every request's headers.
 fn rewrite_authority(block: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(block.len());
-    let mut changed = false;
+    // Everything before the first change is `block[..start]` of that field.
+    let mut out: Option<Vec<u8>> = None;
     let mut at = 0;
     while at < block.len() {
         let start = at;
         let first = block[at];
         let prefix_bits = if first & 0x80 != 0 {
             read_integer(block, &mut at, 7)?; // indexed field: nothing literal to change
-            out.extend_from_slice(&block[start..at]);
+            if let Some(out) = &mut out {
+                out.extend_from_slice(&block[start..at]);
+            }
             continue;
         } else if first & 0x40 != 0 {
             6 // literal with incremental indexing
         } else if first & 0x20 != 0 {
             read_integer(block, &mut at, 5)?; // dynamic table size update
-            out.extend_from_slice(&block[start..at]);
+            if let Some(out) = &mut out {
+                out.extend_from_slice(&block[start..at]);
+            }
             continue;
         } else {
             4 // literal without indexing / never indexed
         };
         let name_index = read_integer(block, &mut at, prefix_bits)?;
-        let name = if name_index == 0 {
-            Some(read_string(block, &mut at)?)
+        let is_authority = if name_index == 0 {
+            decode_string(read_string(block, &mut at)?)?.as_slice() == b":authority"
         } else {
-            None
+            name_index == STATIC_INDEX_AUTHORITY
         };
         let value_start = at;
         let value = read_string(block, &mut at)?;
-        let is_authority =
-            name_index == STATIC_INDEX_AUTHORITY || name.as_deref() == Some(b":authority");
-        match strip_scheme(&value).filter(|_| is_authority) {
+        let value = if is_authority {
+            Some(decode_string(value)?)
+        } else {
+            None
+        };
+        match value.as_deref().and_then(strip_scheme) {
             Some(stripped) => {
-                changed = true;
+                let out = out.get_or_insert_with(|| {
+                    let mut out = Vec::with_capacity(block.len());
+                    out.extend_from_slice(&block[..start]);
+                    out
+                });
                 out.extend_from_slice(&block[start..value_start]);
-                write_integer(&mut out, 0x00, 7, stripped.len() as u64);
+                write_integer(out, 0x00, 7, stripped.len() as u64);
                 out.extend_from_slice(stripped);
             }
-            None => out.extend_from_slice(&block[start..at]),
+            None => {
+                if let Some(out) = &mut out {
+                    out.extend_from_slice(&block[start..at]);
+                }
+            }
         }
     }
-    changed.then_some(out)
+    out
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
@@ -361,12 +393,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 this.ready.advance(count);
                 return Poll::Ready(Ok(()));
             }
-            let mut chunk = [0u8; 16 * 1024];
-            let mut chunk_buf = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut chunk_buf) {
-                Poll::Ready(Ok(())) => {
-                    let filled = chunk_buf.filled();
-                    if filled.is_empty() {
+            this.raw.reserve(READ_CHUNK_BYTES);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.raw) {
+                Poll::Ready(Ok(read)) => {
+                    if read == 0 {
                         // End of stream: hand over whatever is left as it came.
                         this.give_up();
                         this.process();
@@ -375,7 +405,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                         }
                         continue;
                     }
-                    this.raw.extend_from_slice(filled);
                     this.process();
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -525,6 +554,51 @@ mod tests {
         fixed.read_to_end(&mut output).await.unwrap();
         writer.await.unwrap();
         assert_eq!(output, expected);
+    }
+
+    /// Nearly every header block needs no change: a whole one (here padded, with a huffman-coded
+    /// value holding a scheme under another name, and a literal-named header) goes on byte for
+    /// byte, frame and padding included.
+    #[tokio::test]
+    async fn a_block_needing_no_change_passes_byte_for_byte() {
+        use tokio::io::AsyncReadExt;
+        use tokio::io::AsyncWriteExt;
+
+        let mut huffman = Vec::new();
+        httlib_huffman::encode(b"http://x/y", &mut huffman).unwrap();
+        let mut block = vec![0x83, 0x86, 0x44];
+        write_integer(&mut block, 0x80, 7, huffman.len() as u64);
+        block.extend_from_slice(&huffman);
+        block.push(0x40);
+        block.extend(literal(0x00, b"x-test")[1..].to_vec());
+        block.extend(literal(0x00, b"http://z")[1..].to_vec());
+        block.extend(literal(0x41, b"127.0.0.1:2379"));
+        assert_eq!(rewrite_authority(&block), None);
+        let mut padded = vec![2u8];
+        padded.extend_from_slice(&block);
+        padded.extend_from_slice(&[0, 0]);
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(
+            FRAME_HEADERS,
+            FLAG_PADDED | FLAG_END_HEADERS,
+            1,
+            &padded,
+        ));
+        input.extend(frame(0x0, 0x1, 1, b"0123456789"));
+
+        let (mut client, server) = tokio::io::duplex(64);
+        let sent = input.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+        });
+        let mut output = Vec::new();
+        AuthorityFix::new(server)
+            .read_to_end(&mut output)
+            .await
+            .unwrap();
+        writer.await.unwrap();
+        assert_eq!(output, input);
     }
 
     #[test]
