@@ -109,6 +109,10 @@
 //! - **A gate (`RwLock`, holding what is in memory) around the tree** rather than relying on
 //!   sled's own isolation: a range scans many entries and must see all of one applied batch or
 //!   none of it, in memory and in the tree.
+//! - **An apply changes the keys in memory in place**, command by command (a txn keeps an undo
+//!   log for its etcd errors), rather than laying its live writes over them and merging them in
+//!   at the end: each put searched the keys twice and went through two more ordered maps. So a
+//!   storage read failure in the middle of an apply panics, as in a range, below.
 //! - **Storage read failures inside [`KeySpace::range`] panic.** Its error type is the etcd
 //!   [`KvError`], which must stay deterministic across replicas; a local disk or decoding failure
 //!   is not an etcd answer, and serving on from a store that cannot be read is worse than a crash.
@@ -119,7 +123,6 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::Bound;
-use std::ops::RangeBounds;
 use std::sync::Arc;
 use std::sync::Condvar;
 use std::sync::Mutex;
@@ -368,6 +371,8 @@ fn invalid_data(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
+/// The tree key of a live entry, as the layout before 2026-12-02 stored them (tests write one).
+#[cfg(test)]
 fn live_key(user_key: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + user_key.len());
     key.push(LIVE_PREFIX);
@@ -510,76 +515,77 @@ fn is_tombstone(user_key: &[u8], entry: &[u8]) -> io::Result<bool> {
     }
 }
 
-const WELL_FORMED_HISTORY_KEY: &str = "the key space writes well-formed history keys";
+/// How to take back one change a txn made to a key, should the txn fail. `before` is `None`
+/// when the key was not in [`Keys`] at all.
+struct KeyUndo {
+    user_key: Vec<u8>,
+    before: Option<Before>,
+}
 
-/// Records in `keys` the version of `user_key` written at `revision` (history value `entry`)
-/// and, when given, the key's new current value (`Some(None)`: it no longer exists). Keys and
-/// values are the key space's own, checked when written: a malformed one is a bug.
-fn record_version(
+/// What one change replaced in a key's [`KeyState`].
+struct Before {
+    current: Option<Vec<u8>>,
+    /// Whether the change added its version. Otherwise it replaced the version of an earlier
+    /// change of the same command (a txn writes every key it changes at one revision), which the
+    /// undo of that earlier change removes.
+    pushed: bool,
+}
+
+/// Records in `keys` a new version of `user_key` at `revision` and its new current value
+/// (`None`: the version is a tombstone, the key no longer exists). Returns what it replaced
+/// (`None` when the key was not in `keys`).
+fn change_key(
     keys: &mut Keys,
     revision: i64,
     user_key: &[u8],
-    entry: &[u8],
-    current: Option<PendingWrite>,
-) {
-    let tombstone =
-        is_tombstone(user_key, entry).expect("the key space writes well-formed history values");
+    current: Option<Vec<u8>>,
+) -> Option<Before> {
     let version = Version {
         revision,
-        tombstone,
+        tombstone: current.is_none(),
     };
-    // Looked up by slice first: a put to an existing key allocates no key.
-    let Some(state) = keys.get_mut(user_key) else {
-        keys.insert(
-            user_key.to_vec(),
-            KeyState {
-                current: current.flatten(),
-                versions: vec![version],
-            },
-        );
-        return;
-    };
-    assert!(
-        state
-            .versions
-            .last()
-            .is_none_or(|last| last.revision < revision),
-        "a new version of {user_key:?} at {revision} is not the newest"
-    );
-    state.versions.push(version);
-    if let Some(current) = current {
-        state.current = current;
+    match keys.get_mut(user_key) {
+        Some(state) => Some(push_version(state, user_key, version, current)),
+        None => {
+            keys.insert(
+                user_key.to_vec(),
+                KeyState {
+                    current,
+                    versions: vec![version],
+                },
+            );
+            None
+        }
     }
 }
 
-/// Records in `keys` that a compaction removed `user_key`'s version at `revision` (not in the
-/// map when the same apply wrote it).
-fn record_compacted_version(keys: &mut Keys, revision: i64, user_key: &[u8]) {
-    let Some(state) = keys.get_mut(user_key) else {
-        return;
+/// Makes `version` the newest of `state` (in place of one of the same revision: the same txn
+/// changed the key before) and `current` its current value; returns what it replaced.
+fn push_version(
+    state: &mut KeyState,
+    user_key: &[u8],
+    version: Version,
+    current: Option<Vec<u8>>,
+) -> Before {
+    let newest = state.versions.last_mut();
+    let pushed = match newest {
+        Some(newest) if newest.revision == version.revision => {
+            *newest = version;
+            false
+        }
+        newest => {
+            assert!(
+                newest.is_none_or(|newest| newest.revision < version.revision),
+                "a new version of {user_key:?} at {} is not the newest",
+                version.revision
+            );
+            state.versions.push(version);
+            true
+        }
     };
-    if let Ok(at) = state
-        .versions
-        .binary_search_by_key(&revision, |version| version.revision)
-    {
-        state.versions.remove(at);
-    }
-    // A key deleted and compacted in the same apply still has its current value here, until
-    // its removal (which no history write took) is recorded.
-    if state.versions.is_empty() && state.current.is_none() {
-        keys.remove(user_key);
-    }
-}
-
-/// Records in `keys` the removal of `user_key`, whose history writes in the same apply were all
-/// compacted away.
-fn record_removal_without_history(keys: &mut Keys, user_key: &[u8]) {
-    let Some(state) = keys.get_mut(user_key) else {
-        return;
-    };
-    state.current = None;
-    if state.versions.is_empty() {
-        keys.remove(user_key);
+    Before {
+        current: std::mem::replace(&mut state.current, current),
+        pushed,
     }
 }
 
@@ -638,14 +644,6 @@ impl KeyRange {
         })
     }
 
-    fn live_bounds(&self) -> (Vec<u8>, Vec<u8>) {
-        let high = match &self.end {
-            Some(end) => live_key(end),
-            None => vec![LIVE_PREFIX + 1],
-        };
-        (live_key(&self.start), high)
-    }
-
     /// The range as bounds over user keys (the [`HistoryIndex`]'s keys).
     fn user_key_bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
         let high = match &self.end {
@@ -676,15 +674,15 @@ struct View<'a> {
 
 impl View<'_> {
     fn get(&self, tree_key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        if let Some(pending) = self.overlay.get(tree_key) {
-            return Ok(pending.clone());
-        }
         if tree_key.first() == Some(&LIVE_PREFIX) {
             return Ok(self
                 .memory
                 .keys
                 .get(&tree_key[1..])
                 .and_then(|state| state.current.clone()));
+        }
+        if let Some(pending) = self.overlay.get(tree_key) {
+            return Ok(pending.clone());
         }
         let in_memory = self
             .memory
@@ -734,8 +732,8 @@ impl View<'_> {
     }
 
     /// Visits the history of every key in `range` (`None`: every key), in key order: its
-    /// versions oldest first, as the index holds them with the history writes of the overlay
-    /// (this apply's own) laid over it.
+    /// versions oldest first, as the index holds them (an apply records its versions there as it
+    /// writes them).
     fn versions(
         &self,
         range: Option<&KeyRange>,
@@ -744,72 +742,10 @@ impl View<'_> {
         let bounds = range.map_or((Bound::Unbounded, Bound::Unbounded), |range| {
             range.user_key_bounds()
         });
-        let in_range = |user_key: &[u8]| RangeBounds::<[u8]>::contains(&bounds, user_key);
-        // This apply's history writes: few, and usually none.
-        let mut written: BTreeMap<&[u8], Vec<(i64, PendingWrite)>> = BTreeMap::new();
-        for (tree_key, value) in self
-            .overlay
-            .range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1])
-        {
-            let (revision, user_key) = parse_history_key(tree_key)?;
-            if in_range(user_key) {
-                written
-                    .entry(user_key)
-                    .or_default()
-                    .push((revision, value.clone()));
-            }
+        for (user_key, state) in self.memory.keys.range::<[u8], _>(bounds) {
+            visit(user_key, &state.versions)?;
         }
-        let mut indexed = self
-            .memory
-            .keys
-            .range::<[u8], _>(bounds)
-            .map(|(user_key, state)| (user_key, &state.versions))
-            .peekable();
-        let mut written = written.into_iter().peekable();
-        loop {
-            let take_indexed = match (indexed.peek(), written.peek()) {
-                (None, None) => return Ok(()),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((indexed_key, _)), Some((written_key, _))) => {
-                    indexed_key.as_slice() < *written_key
-                }
-            };
-            if take_indexed {
-                let (user_key, versions) = indexed.next().expect("peeked");
-                visit(user_key, versions)?;
-                continue;
-            }
-            let (user_key, writes) = written.next().expect("peeked");
-            let mut versions = match indexed.next_if(|(key, _)| key.as_slice() == user_key) {
-                Some((_, versions)) => versions.clone(),
-                None => Vec::new(),
-            };
-            for (revision, value) in writes {
-                let at = versions.partition_point(|version| version.revision < revision);
-                let existing = versions.get(at).is_some_and(|v| v.revision == revision);
-                match value {
-                    Some(entry) => {
-                        let version = Version {
-                            revision,
-                            tombstone: is_tombstone(user_key, &entry)?,
-                        };
-                        if existing {
-                            versions[at] = version;
-                        } else {
-                            versions.insert(at, version);
-                        }
-                    }
-                    None if existing => {
-                        versions.remove(at);
-                    }
-                    None => {}
-                }
-            }
-            if !versions.is_empty() {
-                visit(user_key, &versions)?;
-            }
-        }
+        Ok(())
     }
 
     /// The history value of `user_key`'s version at `revision`, which the index holds: missing
@@ -835,30 +771,19 @@ impl View<'_> {
         })
     }
 
-    /// Visits (user key, encoded [`StoredValue`]) of every key of `range` in the current state.
+    /// Visits (user key, encoded [`StoredValue`]) of every key of `range` in the current state
+    /// (inside an apply: as the commands so far left it).
     fn scan_live(
         &self,
         range: &KeyRange,
         mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
     ) -> io::Result<()> {
-        let (low, high) = range.live_bounds();
-        // This apply's live writes, by user key: few, and usually none.
-        let pending = self
-            .overlay
-            .range::<[u8], _>((
-                Bound::Included(low.as_slice()),
-                Bound::Excluded(high.as_slice()),
-            ))
-            .map(|(tree_key, value)| (&tree_key[1..], value));
-        let base = self
-            .memory
-            .keys
-            .range::<[u8], _>(range.user_key_bounds())
-            .filter_map(|(user_key, state)| {
-                let current = state.current.as_deref()?;
-                Some(Ok((user_key.as_slice(), current)))
-            });
-        merge_scan(base, pending, &mut visit)
+        for (user_key, state) in self.memory.keys.range::<[u8], _>(range.user_key_bounds()) {
+            if let Some(current) = &state.current {
+                visit(user_key, current)?;
+            }
+        }
+        Ok(())
     }
 
     /// Visits (user key, encoded [`StoredValue`]) of every key of `range` that existed at
@@ -1113,7 +1038,10 @@ struct TxnPath {
 /// left them.
 struct Apply<'a> {
     tree: &'a sled::Tree,
-    memory: &'a Memory,
+    /// Held under the write gate: each command changes the keys (current values and index) in
+    /// place, so the next one reads them as it left them.
+    memory: &'a mut Memory,
+    /// This apply's history writes and removals, handed to [`Memory::pending`] at its end.
     overlay: Overlay,
     revision: i64,
     compact_revision: i64,
@@ -1121,9 +1049,11 @@ struct Apply<'a> {
     /// Whether the command in progress changed a key (so it takes a new revision).
     changed: bool,
     /// Overlay entries as they were before the command in progress first wrote each tree key
-    /// (`None`: the key was not in the overlay), so an etcd error can undo the whole command.
-    /// Kept for a txn only: every other command fails, if at all, before it writes.
+    /// (`None`: the key was not in the overlay), and its changes to the keys, newest last, so an
+    /// etcd error can undo the whole command. Kept for a txn only: every other command fails,
+    /// if at all, before it writes.
     undo: BTreeMap<Vec<u8>, Option<PendingWrite>>,
+    key_undo: Vec<KeyUndo>,
     /// Whether the command in progress is a txn, which keeps `undo`.
     undoable: bool,
 }
@@ -1132,7 +1062,7 @@ impl Apply<'_> {
     fn view(&self) -> View<'_> {
         View {
             tree: self.tree,
-            memory: self.memory,
+            memory: &*self.memory,
             overlay: &self.overlay,
             blocks: RefCell::default(),
         }
@@ -1148,6 +1078,7 @@ impl Apply<'_> {
         let live_key_count_before = self.live_key_count;
         self.changed = false;
         self.undo.clear();
+        self.key_undo.clear();
         self.undoable = matches!(command, Command::Txn(_));
 
         let result = match command {
@@ -1217,37 +1148,46 @@ impl Apply<'_> {
                 None => self.overlay.remove(&tree_key),
             };
         }
-    }
-
-    /// Writes the new version of `user_key` (live entry `live`) as the current version and into
-    /// the history, from its history value ([`StoredValue::history_value`]).
-    fn write_version(&mut self, user_key: &[u8], live: Vec<u8>, history_value: Vec<u8>) {
-        let history = history_key(self.write_revision(), user_key);
-        self.write(live, Some(history_value[1..].to_vec()));
-        self.write(history, Some(history_value));
-        self.changed = true;
-    }
-
-    /// The stored current version of the key whose live entry is `live`, read in place, as the
-    /// commands so far left it.
-    fn live_value(&self, live: &[u8]) -> Option<&[u8]> {
-        match self.overlay.get(live) {
-            Some(write) => write.as_deref(),
-            None => self
-                .memory
-                .keys
-                .get(&live[1..])
-                .and_then(|state| state.current.as_deref()),
+        let keys = &mut self.memory.keys;
+        for KeyUndo { user_key, before } in std::mem::take(&mut self.key_undo).into_iter().rev() {
+            let state = keys
+                .get_mut(&user_key)
+                .expect("a key a txn changed is in the keys");
+            match before {
+                Some(Before { current, pushed }) => {
+                    if pushed {
+                        state.versions.pop().expect("the change's version");
+                    }
+                    state.current = current;
+                }
+                None => keys
+                    .remove(&user_key)
+                    .map(drop)
+                    .expect("the key the txn created"),
+            }
         }
     }
 
+    /// Records a change of `user_key` made by the command in progress (see [`change_key`]),
+    /// and how to undo it if the command is a txn.
+    fn note_change(&mut self, user_key: &[u8], before: Option<Before>) {
+        if self.undoable {
+            self.key_undo.push(KeyUndo {
+                user_key: user_key.to_vec(),
+                before,
+            });
+        }
+        self.changed = true;
+    }
+
     fn write_tombstone(&mut self, user_key: &[u8]) {
-        self.write(live_key(user_key), None);
+        let revision = self.write_revision();
+        let before = change_key(&mut self.memory.keys, revision, user_key, None);
         self.write(
-            history_key(self.write_revision(), user_key),
+            history_key(revision, user_key),
             Some(vec![HISTORY_TOMBSTONE]),
         );
-        self.changed = true;
+        self.note_change(user_key, before);
     }
 
     fn put(&mut self, op: &PutOp) -> io::Result<Result<Option<KeyValue>, KvError>> {
@@ -1255,10 +1195,10 @@ impl Apply<'_> {
         if op.lease != 0 {
             return Ok(Err(KvError::LeaseNotFound));
         }
-        let live = live_key(&op.key);
         let revision = self.write_revision();
-        // The current version is read in place; only what the response returns is copied.
-        let previous = match self.live_value(&live) {
+        // The key is searched once: its current version is read in place, and changed there.
+        let mut state = self.memory.keys.get_mut(op.key.as_slice());
+        let previous = match state.as_ref().and_then(|state| state.current.as_deref()) {
             Some(stored) => Some(StoredValue::decode(stored)?),
             None => None,
         };
@@ -1283,7 +1223,19 @@ impl Apply<'_> {
         let prev_kv = previous
             .filter(|_| op.prev_kv)
             .map(|previous| previous.to_key_value(&op.key));
-        self.write_version(&op.key, live, history_value);
+        let current = Some(history_value[1..].to_vec());
+        let before = match state.as_mut() {
+            Some(state) => {
+                let version = Version {
+                    revision,
+                    tombstone: false,
+                };
+                Some(push_version(state, &op.key, version, current))
+            }
+            None => change_key(&mut self.memory.keys, revision, &op.key, current),
+        };
+        self.write(history_key(revision, &op.key), Some(history_value));
+        self.note_change(&op.key, before);
         if created {
             self.live_key_count += 1;
         }
@@ -1397,6 +1349,7 @@ impl Apply<'_> {
         if revision > self.revision {
             return Ok(Err(KvError::FutureRevision));
         }
+        // Per key with versions to drop: the key and how many of its oldest versions go.
         let mut dropped = Vec::new();
         self.view().versions(None, |user_key, versions| {
             let at_or_below = versions.partition_point(|version| version.revision <= revision);
@@ -1408,13 +1361,29 @@ impl Apply<'_> {
             } else {
                 newest
             };
-            for version in &versions[..drop_to] {
-                dropped.push(history_key(version.revision, user_key));
+            if drop_to > 0 {
+                dropped.push((user_key.to_vec(), drop_to));
             }
             Ok(())
         })?;
-        for tree_key in dropped {
-            self.write(tree_key, None);
+        for (user_key, drop_to) in dropped {
+            let state = self
+                .memory
+                .keys
+                .get_mut(&user_key)
+                .expect("a key the index visited is in it");
+            let gone: Vec<Version> = state.versions.drain(..drop_to).collect();
+            // Only a deleted key loses every version: a current version is never compacted.
+            if state.versions.is_empty() {
+                assert!(
+                    state.current.is_none(),
+                    "the current version of {user_key:?} compacted"
+                );
+                self.memory.keys.remove(&user_key);
+            }
+            for version in gone {
+                self.write(history_key(version.revision, &user_key), None);
+            }
         }
         self.compact_revision = revision;
         Ok(Ok(()))
@@ -1573,7 +1542,12 @@ impl KeySpace {
     }
 
     /// [`KeySpace::apply`] with the extra entries computed from the responses, before anything
-    /// is written: what the caller records about the results commits in the same batch.
+    /// is visible: what the caller records about the results commits in the same batch.
+    ///
+    /// Panics if a command cannot read the store or `extra` fails: the in-memory keys already
+    /// hold the batch's earlier commands then, and the poisoned gate keeps every reader off them
+    /// (a node that cannot read its store stops, see the module docs). Errs only when handing
+    /// the writes to sled fails, with memory whole.
     pub fn apply_with<F>(
         &self,
         commands: &[Option<&Command>],
@@ -1587,19 +1561,26 @@ impl KeySpace {
         let compact_revision_before = self.compact_revision();
         let mut apply = Apply {
             tree: &self.tree,
-            memory: &gate,
+            memory: &mut gate,
             overlay: Overlay::new(),
             revision: revision_before,
             compact_revision: compact_revision_before,
             live_key_count: self.live_key_count(),
             changed: false,
             undo: BTreeMap::new(),
+            key_undo: Vec::new(),
             undoable: false,
         };
         let mut responses = Vec::with_capacity(commands.len());
         for command in commands {
             responses.push(match command {
-                Some(command) => apply.execute(command)?,
+                // The keys already hold the commands before this one: a storage failure now
+                // would leave them half applied, so it stops the node, as a failed read does
+                // (the gate is poisoned: nothing reads the keys after it).
+                Some(command) => match apply.execute(command) {
+                    Ok(response) => response,
+                    Err(error) => panic!("the key space cannot be read during an apply: {error}"),
+                },
                 None => CommandResponse::no_op(apply.revision),
             });
         }
@@ -1612,7 +1593,10 @@ impl KeySpace {
             "compaction stays behind the revision"
         );
 
-        let extra = extra(&responses)?;
+        let extra = match extra(&responses) {
+            Ok(extra) => extra,
+            Err(error) => panic!("the extra entries of an apply cannot be made: {error}"),
+        };
         for (key, _) in &extra {
             assert_eq!(
                 key.first(),
@@ -1621,7 +1605,7 @@ impl KeySpace {
             );
         }
         let Apply {
-            mut overlay,
+            overlay,
             revision,
             compact_revision,
             live_key_count,
@@ -1629,37 +1613,9 @@ impl KeySpace {
         } = apply;
         // Everything this batch changes becomes visible at once: readers wait on the gate.
         let memory = &mut *gate;
-        // Every live write comes with a version of its key written in the same apply: the first
-        // such history write takes the key's current value along, so the keys are searched once
-        // per write.
-        let rest = overlay.split_off([LIVE_PREFIX + 1].as_slice());
-        let mut live_writes = overlay.split_off([LIVE_PREFIX].as_slice());
-        memory.pending.append(&mut overlay);
-        let mut live_key = Vec::new();
-        for (key, value) in rest {
-            if key.first() == Some(&HISTORY_PREFIX) {
-                let (revision, user_key) = parse_history_key(&key).expect(WELL_FORMED_HISTORY_KEY);
-                match &value {
-                    Some(entry) => {
-                        live_key.clear();
-                        live_key.push(LIVE_PREFIX);
-                        live_key.extend_from_slice(user_key);
-                        let current = live_writes.remove(live_key.as_slice());
-                        record_version(&mut memory.keys, revision, user_key, entry, current);
-                    }
-                    None => record_compacted_version(&mut memory.keys, revision, user_key),
-                }
-            }
+        // History keys go up with the revision: each lands at the end of the pending writes.
+        for (key, value) in overlay {
             memory.pending.insert(key, value);
-        }
-        // Left: deletions whose tombstones this apply's compaction removed again (a current
-        // version is never compacted away).
-        for (live_key, current) in live_writes {
-            assert!(
-                current.is_none(),
-                "the current version of {live_key:?} has no history write"
-            );
-            record_removal_without_history(&mut memory.keys, &live_key[1..]);
         }
         memory.pending.extend(extra);
         // Only what changed: a missing meta entry reads back as its initial value, and every
@@ -2975,10 +2931,12 @@ pub(crate) mod tests {
         // Revision 3 would be this txn's own revision: still future at txn start.
         for (revision, error) in [(3, KvError::FutureRevision), (100, KvError::FutureRevision)] {
             let txn = Command::Txn(TxnOp {
+                // Each key changed twice at the txn's one revision: an existing one, a new one.
                 success: vec![
                     TxnRequestOp::Put(put_op(b"k", b"new")),
                     TxnRequestOp::Put(put_op(b"other", b"new")),
                     TxnRequestOp::Delete(delete_op(b"k", b"")),
+                    TxnRequestOp::Put(put_op(b"other", b"again")),
                     TxnRequestOp::Txn(TxnOp {
                         success: vec![TxnRequestOp::Range(RangeOp {
                             revision,
@@ -3000,6 +2958,7 @@ pub(crate) mod tests {
         }
         assert_eq!(keyspace.dump().expect("dump"), before);
         assert_eq!((keyspace.revision(), keyspace.live_key_count()), (2, 1));
+        assert_memory_is_the_history(&keyspace);
 
         // The same in the middle of a batch: earlier and later commands still apply.
         run(&keyspace, put(b"x", b"1")); // 3
@@ -3030,6 +2989,7 @@ pub(crate) mod tests {
         assert_eq!(get(&keyspace, b"k").expect("k").value, b"old");
         assert_eq!(get(&keyspace, b"b").expect("b").mod_revision, 5);
         assert_eq!(keyspace.live_key_count(), 4);
+        assert_memory_is_the_history(&keyspace);
     }
 
     #[test]
