@@ -1189,12 +1189,7 @@ async fn the_grpc_health_service_reports_serving() {
 
     let cluster = common::Cluster::start(1);
     cluster.wait_for_leader().await;
-    let channel = tonic::transport::Endpoint::from_shared(cluster.nodes[0].client_url())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect to the client port");
-    let mut health = HealthClient::new(channel);
+    let mut health = HealthClient::new(cluster.channel(0).await);
     let response = health
         .check(HealthCheckRequest {
             service: String::new(),
@@ -1216,12 +1211,7 @@ async fn a_stop_closes_a_watching_client_after_the_drain_time_and_exits_cleanly(
 
     let mut cluster = common::Cluster::start(1);
     cluster.wait_for_leader().await;
-    let channel = tonic::transport::Endpoint::from_shared(cluster.nodes[0].client_url())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect to the client port");
-    let mut watch = HealthClient::new(channel)
+    let mut watch = HealthClient::new(cluster.channel(0).await)
         .watch(HealthCheckRequest {
             service: String::new(),
         })
