@@ -16,10 +16,10 @@
 //!
 //! ```text
 //! apply(commands, extra) -- write gate held throughout --
-//!   for each command:  Apply (overlay of raw tree writes, read-your-writes over the tree)
+//!   for each command:  Apply: keys in memory (current value, versions) changed in place,
+//!                        history writes into the apply's overlay
 //!                        Put / Delete / Txn / Compact -> CommandResponse
-//!                        an etcd error (KvError) undoes that command's overlay writes
-//!   overlay (history, with its key's live write) ---> keys in memory (current value, versions)
+//!                        an etcd error (KvError) undoes that command's changes (txn undo log)
 //!   overlay (history) + extra + meta ---> pending (in memory) ---> publish revision
 //! persist() -- when 512 writes wait or the oldest waited 50 ms, before a snapshot --
 //!   pending ---> persisting (still read) ---> one sled::Batch, gate not held ---> dropped
@@ -662,7 +662,8 @@ type Overlay = BTreeMap<Vec<u8>, PendingWrite>;
 type PendingWrite = Option<Vec<u8>>;
 
 /// The key space as it will be once `overlay` is written: what every command of an `apply`
-/// reads. Live entries come from the in-memory [`Keys`]; every other entry from the applied tree
+/// reads. Live entries and versions come from the in-memory [`Keys`] (which an apply changes in
+/// place); every other entry from `overlay` (the apply's history writes), the applied tree
 /// writes still in memory ([`Memory::pending`], then [`Memory::persisting`]), then the tree.
 struct View<'a> {
     tree: &'a sled::Tree,
