@@ -547,16 +547,21 @@ fn change_key(
     match keys.get_mut(user_key) {
         Some(state) => Some(push_version(state, user_key, version, current)),
         None => {
-            keys.insert(
-                user_key.to_vec(),
-                KeyState {
-                    current,
-                    versions: vec![version],
-                },
-            );
+            insert_key(keys, user_key, version, current);
             None
         }
     }
+}
+
+/// Adds `user_key`, not in `keys`, with its first version.
+fn insert_key(keys: &mut Keys, user_key: &[u8], version: Version, current: Option<Vec<u8>>) {
+    keys.insert(
+        user_key.to_vec(),
+        KeyState {
+            current,
+            versions: vec![version],
+        },
+    );
 }
 
 /// Makes `version` the newest of `state` (in place of one of the same revision: the same txn
@@ -674,14 +679,8 @@ struct View<'a> {
 }
 
 impl View<'_> {
+    /// A history entry or an extra/meta entry (live entries are read from the keys).
     fn get(&self, tree_key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        if tree_key.first() == Some(&LIVE_PREFIX) {
-            return Ok(self
-                .memory
-                .keys
-                .get(&tree_key[1..])
-                .and_then(|state| state.current.clone()));
-        }
         if let Some(pending) = self.overlay.get(tree_key) {
             return Ok(pending.clone());
         }
@@ -1225,15 +1224,16 @@ impl Apply<'_> {
             .filter(|_| op.prev_kv)
             .map(|previous| previous.to_key_value(&op.key));
         let current = Some(history_value[1..].to_vec());
+        let version = Version {
+            revision,
+            tombstone: false,
+        };
         let before = match state.as_mut() {
-            Some(state) => {
-                let version = Version {
-                    revision,
-                    tombstone: false,
-                };
-                Some(push_version(state, &op.key, version, current))
+            Some(state) => Some(push_version(state, &op.key, version, current)),
+            None => {
+                insert_key(&mut self.memory.keys, &op.key, version, current);
+                None
             }
-            None => change_key(&mut self.memory.keys, revision, &op.key, current),
         };
         self.write(history_key(revision, &op.key), Some(history_value));
         self.note_change(&op.key, before);
