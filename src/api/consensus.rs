@@ -85,6 +85,14 @@ struct ReadBatch {
 /// What one ReadIndex request gave: the leader and its read log id, or nothing (ask again).
 type Asked = Option<(NodeId, ReadLogId<TypeConfig>)>;
 
+/// Where the leader is, for sending it a request.
+enum LeaderAt {
+    /// This node leads.
+    Here,
+    /// Another node leads: its id and peer URL.
+    Peer(NodeId, String),
+}
+
 impl Consensus {
     /// `membership` makes this node's membership changes when it leads, `proposals` its writes;
     /// every part of the node must share one of each, so that its changes are made one at a time
@@ -123,12 +131,26 @@ impl Consensus {
         Some((leader, member))
     }
 
+    /// Where to send a request for the leader, as this node sees it: copies only the peer URL,
+    /// and only when another node leads (every write asks).
+    fn leader_at(&self) -> Option<LeaderAt> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = metrics.current_leader?;
+        let member = metrics.membership_config.get_node(&leader)?;
+        Some(if leader == self.id {
+            LeaderAt::Here
+        } else {
+            LeaderAt::Peer(leader, member.peer_url.clone())
+        })
+    }
+
     /// Waits (bounded by [`LEADER_WAIT_MS_MAX`] and the deadline) until a leader is known.
-    async fn wait_for_leader(&self, deadline: Instant) -> Result<(NodeId, Member), ApiError> {
+    async fn wait_for_leader(&self, deadline: Instant) -> Result<LeaderAt, ApiError> {
         let wait_until = deadline.min(Instant::now() + Duration::from_millis(LEADER_WAIT_MS_MAX));
         let mut metrics = self.raft.metrics();
         loop {
-            if let Some(leader) = self.leader() {
+            if let Some(leader) = self.leader_at() {
                 return Ok(leader);
             }
             if metrics.borrow_watched().running_state.is_err() {
@@ -156,32 +178,19 @@ impl Consensus {
         let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
         let command = Arc::new(command);
         loop {
-            let (leader, member) = self.wait_for_leader(deadline).await?;
-            if leader == self.id {
-                let outcome =
-                    tokio::time::timeout_at(deadline, self.proposals.write(Arc::clone(&command)))
-                        .await;
-                match outcome {
-                    Ok(Ok(response)) => return Ok(response.data),
-                    // Refused before it was appended: nothing happened, try the new leader.
-                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            let (leader, peer_url) = match self.wait_for_leader(deadline).await? {
+                LeaderAt::Here => match self.propose_here(&command, deadline).await? {
+                    Some(response) => return Ok(response),
+                    None => {
                         Self::pause(deadline).await?;
+                        continue;
                     }
-                    Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
-                        return Err(ApiError::LeaderChanged);
-                    }
-                    Ok(Err(RaftError::APIError(e))) => {
-                        return Err(ApiError::Internal(e.to_string()));
-                    }
-                    Ok(Err(RaftError::Fatal(_))) => return Err(ApiError::Stopped),
-                    Err(_) => return Err(ApiError::Timeout),
-                }
-                continue;
-            }
-
+                },
+                LeaderAt::Peer(leader, peer_url) => (leader, peer_url),
+            };
             let outcome = self
                 .forwarder
-                .write(leader, &member.peer_url, &command, deadline)
+                .write(leader, &peer_url, &command, deadline)
                 .await;
             match outcome {
                 Ok(Ok(response)) => return Ok(response),
@@ -199,37 +208,60 @@ impl Consensus {
         }
     }
 
+    /// Proposes `command` on this node's Raft, which leads; `None` when it was refused before it
+    /// was appended (leadership moved on): nothing happened, try the new leader.
+    async fn propose_here(
+        &self,
+        command: &Arc<Command>,
+        deadline: Instant,
+    ) -> Result<Option<CommandResponse>, ApiError> {
+        let outcome =
+            tokio::time::timeout_at(deadline, self.proposals.write(Arc::clone(command))).await;
+        match outcome {
+            Ok(Ok(response)) => Ok(Some(response.data)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Ok(None),
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                Err(ApiError::LeaderChanged)
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(ApiError::Internal(e.to_string())),
+            Ok(Err(RaftError::Fatal(_))) => Err(ApiError::Stopped),
+            Err(_) => Err(ApiError::Timeout),
+        }
+    }
+
     /// Runs a membership change on the leader (forwarded when this node is not it), retrying
     /// within one deadline while the leader moves or another change is still uncommitted.
     pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ApiError> {
         let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
         loop {
-            let (leader, member) = self.wait_for_leader(deadline).await?;
-            let outcome = if leader == self.id {
-                match tokio::time::timeout_at(deadline, self.membership.change(change.clone()))
-                    .await
-                {
-                    Ok(outcome) => outcome,
-                    Err(_) => return Err(ApiError::Timeout),
+            let outcome = match self.wait_for_leader(deadline).await? {
+                LeaderAt::Here => {
+                    match tokio::time::timeout_at(deadline, self.membership.change(change.clone()))
+                        .await
+                    {
+                        Ok(outcome) => outcome,
+                        Err(_) => return Err(ApiError::Timeout),
+                    }
                 }
-            } else {
-                let Ok(mut client) = self.peers.client(leader, &member.peer_url) else {
-                    Self::pause(deadline).await?;
-                    continue;
-                };
-                let payload = encode(&change).map_err(|e| ApiError::Internal(e.to_string()))?;
-                let timeout = deadline.saturating_duration_since(Instant::now());
-                let request = self.peers.request(RaftMessage { payload }, timeout);
-                match client.change_membership(request).await {
-                    Ok(response) => decode(&response.into_inner().payload)
-                        .map_err(|e| ApiError::Internal(e.to_string()))?,
-                    Err(status) if never_delivered(&status) => {
+                LeaderAt::Peer(leader, peer_url) => {
+                    let Ok(mut client) = self.peers.client(leader, &peer_url) else {
                         Self::pause(deadline).await?;
                         continue;
-                    }
-                    Err(status) => {
-                        tracing::warn!(%status, "forwarded membership change failed in flight");
-                        return Err(ApiError::Timeout);
+                    };
+                    let payload = encode(&change).map_err(|e| ApiError::Internal(e.to_string()))?;
+                    let timeout = deadline.saturating_duration_since(Instant::now());
+                    let request = self.peers.request(RaftMessage { payload }, timeout);
+                    match client.change_membership(request).await {
+                        Ok(response) => decode(&response.into_inner().payload)
+                            .map_err(|e| ApiError::Internal(e.to_string()))?,
+                        Err(status) if never_delivered(&status) => {
+                            Self::pause(deadline).await?;
+                            continue;
+                        }
+                        Err(status) => {
+                            tracing::warn!(%status, "forwarded membership change failed in flight");
+                            return Err(ApiError::Timeout);
+                        }
                     }
                 }
             };
@@ -256,8 +288,7 @@ impl Consensus {
     pub async fn read_barrier(&self) -> Result<(), ApiError> {
         let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
         loop {
-            let (leader, _) = self.wait_for_leader(deadline).await?;
-            if leader == self.id {
+            if let LeaderAt::Here = self.wait_for_leader(deadline).await? {
                 let outcome = tokio::time::timeout_at(
                     deadline,
                     self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
@@ -355,8 +386,10 @@ impl Consensus {
     /// One ReadIndex request to the leader this node knows now; `None` when there is none to
     /// ask (this node leads, or no leader is known) or it gave no read log id.
     async fn ask_read_index(&self) -> Asked {
-        let (leader, member) = self.leader().filter(|(leader, _)| *leader != self.id)?;
-        let mut client = self.peers.client(leader, &member.peer_url).ok()?;
+        let LeaderAt::Peer(leader, peer_url) = self.leader_at()? else {
+            return None;
+        };
+        let mut client = self.peers.client(leader, &peer_url).ok()?;
         // Read through the Raft core after every read of the batch began: the leader may then
         // answer without a heartbeat round (see `network::read_index`).
         let (vouch_term, vouch_leader) = self
