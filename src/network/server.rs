@@ -75,18 +75,16 @@ async fn run_forwarded_write(proposals: &Proposals, command: Command) -> Forward
     }
 }
 
-/// Runs one write of a forward stream and queues its answer, `(id, reply)`.
-async fn answer_forwarded_write(
+/// Runs one write of a forward stream; its answer is `(id, reply)`.
+async fn forwarded_write(
     proposals: Proposals,
-    answers: tokio::sync::mpsc::Sender<Result<RaftMessage, Status>>,
     id: u64,
     command: Command,
-) {
+) -> Result<RaftMessage, Status> {
     let result = run_forwarded_write(&proposals, command).await;
-    let answer = encode(&(id, result))
+    encode(&(id, result))
         .map(|payload| RaftMessage { payload })
-        .map_err(|e| Status::internal(format!("cannot encode reply: {e}")));
-    let _ = answers.send(answer).await;
+        .map_err(|e| Status::internal(format!("cannot encode reply: {e}")))
 }
 
 /// Why the leader could not give a read index.
@@ -464,37 +462,48 @@ impl Peer for PeerService {
         let mut input = request.into_inner();
         let (answers, outbound) =
             tokio::sync::mpsc::channel::<Result<RaftMessage, Status>>(FORWARDED_ANSWERS_QUEUED);
+        // One task per stream runs its writes: a task per write cost a spawn and a wake-up each.
         tokio::spawn(async move {
+            let mut running = futures::stream::FuturesUnordered::new();
+            let mut reading = true;
             loop {
-                let message = tokio::select! {
-                    message = input.message() => message,
-                    () = answers.closed() => return,
-                };
-                let failure = match message {
-                    Ok(Some(_)) if from.is_some_and(|from| faults.is_cut(from)) => {
-                        cut_status(from.expect("checked above"))
-                    }
-                    Ok(Some(message)) => match decode::<(u64, Command)>(&message.payload) {
-                        Ok((id, command)) => {
-                            tokio::spawn(answer_forwarded_write(
-                                proposals.clone(),
-                                answers.clone(),
-                                id,
-                                command,
-                            ));
-                            continue;
+                if !reading && running.is_empty() {
+                    return;
+                }
+                tokio::select! {
+                    // A finished write's answer goes before more input is read.
+                    biased;
+                    Some(answer) = running.next(), if !running.is_empty() => {
+                        if answers.send(answer).await.is_err() {
+                            return;
                         }
-                        Err(e) => bad_payload(e),
-                    },
-                    // The follower closed its side: answer what is running, then end.
-                    Ok(None) => return,
-                    Err(status) => status,
-                };
-                // The answers end once the writes already running have answered (they hold
-                // the other senders); the follower counts the writes it sent after those as
-                // unknown.
-                tracing::debug!(%failure, "forward stream input ended");
-                return;
+                    }
+                    message = input.message(), if reading => {
+                        let failure = match message {
+                            Ok(Some(_)) if from.is_some_and(|from| faults.is_cut(from)) => {
+                                cut_status(from.expect("checked above"))
+                            }
+                            Ok(Some(message)) => match decode::<(u64, Command)>(&message.payload) {
+                                Ok((id, command)) => {
+                                    running.push(forwarded_write(proposals.clone(), id, command));
+                                    continue;
+                                }
+                                Err(e) => bad_payload(e),
+                            },
+                            // The follower closed its side: answer what is running, then end.
+                            Ok(None) => {
+                                reading = false;
+                                continue;
+                            }
+                            Err(status) => status,
+                        };
+                        // The answers end once the writes already running have answered; the
+                        // follower counts the writes it sent after those as unknown.
+                        tracing::debug!(%failure, "forward stream input ended");
+                        reading = false;
+                    }
+                    () = answers.closed() => return,
+                }
             }
         });
         Ok(Response::new(
@@ -566,5 +575,73 @@ impl Peer for PeerService {
         tracing::warn!(?plan, "fault injection");
         self.faults.apply(plan);
         reply(&())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::network::test_support::lone_leader;
+    use crate::pb::peer::peer_client::PeerClient;
+    use crate::types::PutOp;
+
+    /// Every write a forward stream took is answered, with its id, even when the follower closes
+    /// its side right after sending them: the answers end only after the last running write's.
+    /// (Checked: ending the stream task when the input ends loses the answers.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forward_stream_answers_every_write_it_took_after_its_input_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raft, _) = lone_leader(dir.path()).await;
+        let service = PeerService::new(
+            MembershipChanges::new(raft.clone()),
+            Proposals::new(raft.clone()),
+            Faults::default(),
+            false,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service.into_server())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+
+        const WRITES: u64 = 200;
+        let messages: Vec<RaftMessage> = (0..WRITES)
+            .map(|id| {
+                let command = Command::Put(PutOp {
+                    key: format!("key-{}", id % 7).into_bytes(),
+                    value: id.to_be_bytes().to_vec(),
+                    ..PutOp::default()
+                });
+                RaftMessage {
+                    payload: encode(&(id, command)).unwrap(),
+                }
+            })
+            .collect();
+        let mut client = PeerClient::connect(url).await.unwrap();
+        // The input is the whole batch and then its end.
+        let mut answers = client
+            .forward_writes(futures::stream::iter(messages))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut answered = BTreeSet::new();
+        let mut revisions = BTreeSet::new();
+        while let Some(message) = answers.message().await.unwrap() {
+            let (id, reply): (u64, ForwardWriteReply) = decode(&message.payload).unwrap();
+            let response = reply.unwrap_or_else(|e| panic!("write {id} failed: {e:?}"));
+            assert!(answered.insert(id), "write {id} answered twice");
+            assert!(
+                revisions.insert(response.revision),
+                "two writes at revision {}",
+                response.revision
+            );
+        }
+        assert_eq!(answered, (0..WRITES).collect::<BTreeSet<_>>());
+        server.abort();
+        raft.shutdown().await.unwrap();
     }
 }
