@@ -57,10 +57,6 @@ pub enum ForwardWriteError {
 
 pub type ForwardWriteReply = Result<CommandResponse, ForwardWriteError>;
 
-/// Answers a forward stream may hold back while the follower reads slowly; a write finishing
-/// beyond them waits for room.
-const FORWARDED_ANSWERS_QUEUED: usize = 1024;
-
 /// Proposes a write a follower forwarded, and says what became of it.
 async fn run_forwarded_write(proposals: &Proposals, command: Command) -> ForwardWriteReply {
     match proposals.write(std::sync::Arc::new(command)).await {
@@ -85,6 +81,73 @@ async fn forwarded_write(
     encode(&(id, result))
         .map(|payload| RaftMessage { payload })
         .map_err(|e| Status::internal(format!("cannot encode reply: {e}")))
+}
+
+/// The answers of one forward stream: reads the follower's writes, runs them concurrently and
+/// yields each answer as its write finishes. It is the response body itself, polled by the
+/// connection's task: no task of its own per stream or per write, no queue in between (each was a
+/// wake-up per write). When the input ends (closed by the follower, cut, undecodable, broken),
+/// the answers end after those of the writes already running; the follower counts the writes it
+/// sent after those as unknown. The follower reading no answers stops the reading of its writes
+/// (HTTP/2 flow control stops the polling).
+struct ForwardedWrites {
+    input: Streaming<RaftMessage>,
+    reading: bool,
+    running: futures::stream::FuturesUnordered<
+        futures::future::BoxFuture<'static, Result<RaftMessage, Status>>,
+    >,
+    from: Option<NodeId>,
+    faults: Faults,
+    proposals: Proposals,
+}
+
+impl futures::Stream for ForwardedWrites {
+    type Item = Result<RaftMessage, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            // A finished write's answer goes before more input is read.
+            if let Poll::Ready(Some(answer)) = self.running.poll_next_unpin(cx) {
+                return Poll::Ready(Some(answer));
+            }
+            if !self.reading {
+                return match self.running.is_empty() {
+                    true => Poll::Ready(None),
+                    false => Poll::Pending,
+                };
+            }
+            let failure = match self.input.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(_)))
+                    if self.from.is_some_and(|from| self.faults.is_cut(from)) =>
+                {
+                    cut_status(self.from.expect("checked above"))
+                }
+                Poll::Ready(Some(Ok(message))) => {
+                    match decode::<(u64, Command)>(&message.payload) {
+                        Ok((id, command)) => {
+                            let write = forwarded_write(self.proposals.clone(), id, command);
+                            self.running.push(Box::pin(write));
+                            continue;
+                        }
+                        Err(e) => bad_payload(e),
+                    }
+                }
+                Poll::Ready(Some(Err(status))) => status,
+                // The follower closed its side: answer what is running, then end.
+                Poll::Ready(None) => {
+                    self.reading = false;
+                    continue;
+                }
+            };
+            tracing::debug!(%failure, "forward stream input ended");
+            self.reading = false;
+        }
+    }
 }
 
 /// Why the leader could not give a read index.
@@ -457,57 +520,17 @@ impl Peer for PeerService {
     ) -> Result<Response<Self::ForwardWritesStream>, Status> {
         self.admit(&request)?;
         let from = sender(&request);
-        let faults = self.faults.clone();
-        let proposals = self.proposals.clone();
-        let mut input = request.into_inner();
-        let (answers, outbound) =
-            tokio::sync::mpsc::channel::<Result<RaftMessage, Status>>(FORWARDED_ANSWERS_QUEUED);
-        // One task per stream runs its writes: a task per write cost a spawn and a wake-up each.
-        tokio::spawn(async move {
-            let mut running = futures::stream::FuturesUnordered::new();
-            let mut reading = true;
-            loop {
-                if !reading && running.is_empty() {
-                    return;
-                }
-                tokio::select! {
-                    // A finished write's answer goes before more input is read.
-                    biased;
-                    Some(answer) = running.next(), if !running.is_empty() => {
-                        if answers.send(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                    message = input.message(), if reading => {
-                        let failure = match message {
-                            Ok(Some(_)) if from.is_some_and(|from| faults.is_cut(from)) => {
-                                cut_status(from.expect("checked above"))
-                            }
-                            Ok(Some(message)) => match decode::<(u64, Command)>(&message.payload) {
-                                Ok((id, command)) => {
-                                    running.push(forwarded_write(proposals.clone(), id, command));
-                                    continue;
-                                }
-                                Err(e) => bad_payload(e),
-                            },
-                            // The follower closed its side: answer what is running, then end.
-                            Ok(None) => {
-                                reading = false;
-                                continue;
-                            }
-                            Err(status) => status,
-                        };
-                        // The answers end once the writes already running have answered; the
-                        // follower counts the writes it sent after those as unknown.
-                        tracing::debug!(%failure, "forward stream input ended");
-                        reading = false;
-                    }
-                    () = answers.closed() => return,
-                }
-            }
-        });
+        let input = request.into_inner();
         Ok(Response::new(
-            tokio_stream::wrappers::ReceiverStream::new(outbound).boxed(),
+            ForwardedWrites {
+                input,
+                reading: true,
+                running: futures::stream::FuturesUnordered::new(),
+                from,
+                faults: self.faults.clone(),
+                proposals: self.proposals.clone(),
+            }
+            .boxed(),
         ))
     }
 
