@@ -144,12 +144,15 @@ impl<S> AuthorityFix<S> {
             let payload = &frame[FRAME_HEADER_BYTES..];
             match (kind, self.pending.as_mut()) {
                 (FRAME_HEADERS, None) => match split_headers_payload(flags, payload) {
-                    // A whole block needing no change (nearly every one) goes on as it came.
-                    Some((_, fragment))
-                        if flags & FLAG_END_HEADERS != 0
-                            && rewrite_authority(fragment).is_none() =>
-                    {
-                        self.ready.extend_from_slice(&frame)
+                    // A whole block in one frame: one needing no change (nearly every one)
+                    // goes on as it came.
+                    Some((priority, fragment)) if flags & FLAG_END_HEADERS != 0 => {
+                        match rewrite_authority(fragment) {
+                            None => self.ready.extend_from_slice(&frame),
+                            Some(rewritten) => {
+                                self.write_block(stream_id, flags, priority, &rewritten)
+                            }
+                        }
                     }
                     Some((priority, fragment)) => {
                         self.pending = Some(PendingBlock {
@@ -158,9 +161,6 @@ impl<S> AuthorityFix<S> {
                             priority,
                             fragment: fragment.to_vec(),
                         });
-                        if flags & FLAG_END_HEADERS != 0 {
-                            self.finish_block();
-                        }
                     }
                     None => self.ready.extend_from_slice(&frame),
                 },
@@ -186,28 +186,40 @@ impl<S> AuthorityFix<S> {
         }
     }
 
-    /// Emits a completed header block, rewritten if it needs it, as HEADERS (+ CONTINUATION).
+    /// Emits the completed pending block, rewritten if it needs it.
     fn finish_block(&mut self) {
         let block = self.pending.take().expect("a pending block");
         let rewritten = rewrite_authority(&block.fragment).unwrap_or(block.fragment);
-        let mut flags = (block.flags & !FLAG_PADDED) & !FLAG_END_HEADERS;
-        let priority_bytes = block.priority.map_or(0, |_| 5);
+        self.write_block(block.stream_id, block.flags, block.priority, &rewritten);
+    }
+
+    /// Emits a whole header block as HEADERS (+ CONTINUATION) frames, without padding; `flags`
+    /// are those of the block's HEADERS frame.
+    fn write_block(
+        &mut self,
+        stream_id: [u8; 4],
+        flags: u8,
+        priority: Option<[u8; 5]>,
+        block: &[u8],
+    ) {
+        let mut flags = (flags & !FLAG_PADDED) & !FLAG_END_HEADERS;
+        let priority_bytes = priority.map_or(0, |_| 5);
         let first_capacity = FRAME_PAYLOAD_BYTES_MIN_MAX - priority_bytes;
-        let (first, mut rest) = rewritten.split_at(rewritten.len().min(first_capacity));
+        let (first, mut rest) = block.split_at(block.len().min(first_capacity));
         if rest.is_empty() {
             flags |= FLAG_END_HEADERS;
         }
         let mut payload = Vec::with_capacity(priority_bytes + first.len());
-        if let Some(priority) = block.priority {
+        if let Some(priority) = priority {
             payload.extend_from_slice(&priority);
         }
         payload.extend_from_slice(first);
-        self.write_frame(FRAME_HEADERS, flags, block.stream_id, &payload);
+        self.write_frame(FRAME_HEADERS, flags, stream_id, &payload);
         while !rest.is_empty() {
             let (piece, remaining) = rest.split_at(rest.len().min(FRAME_PAYLOAD_BYTES_MIN_MAX));
             rest = remaining;
             let flags = if rest.is_empty() { FLAG_END_HEADERS } else { 0 };
-            self.write_frame(FRAME_CONTINUATION, flags, block.stream_id, piece);
+            self.write_frame(FRAME_CONTINUATION, flags, stream_id, piece);
         }
     }
 
