@@ -201,6 +201,7 @@ impl Node {
             config.enable_fault_injection,
         )
         .with_read_index_counters(metrics.read_index.clone())
+        .with_held_commits(peers.held_commits.clone())
         .with_leader_contact(leader_contact.clone())
         .with_cluster_id(config.cluster_id)
         .into_server();

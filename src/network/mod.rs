@@ -3,7 +3,7 @@
 //! ```text
 //! openraft core --RaftNetworkV2--> PeerConnection --gRPC quorumdb.raft.v1.Peer--> PeerService --> Raft
 //! api::Consensus --Forwarder--> ForwardWrites (one stream) on the leader
-//! api::Consensus --Peers::client--> ReadIndex on the leader
+//! api::Consensus --Peers::client--> ReadIndex on the leader (which releases held commits, HeldCommits)
 //! ```
 //!
 //! Payloads are openraft's own serde types encoded with [`crate::codec`]; the proto only frames
@@ -15,6 +15,7 @@
 mod coalesced_writes;
 mod faults;
 mod forward;
+mod held_commits;
 pub mod membership;
 mod peers;
 mod proposals;
@@ -29,6 +30,7 @@ pub use faults::FaultPlan;
 pub use faults::Faults;
 pub use forward::ForwardFailure;
 pub use forward::Forwarder;
+pub use held_commits::HeldCommits;
 pub use peers::PeerUnreachable;
 pub use peers::Peers;
 pub use proposals::Proposals;

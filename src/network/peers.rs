@@ -14,6 +14,7 @@ use tower::ServiceExt;
 
 use super::CoalescedWrites;
 use super::Faults;
+use super::HeldCommits;
 use crate::limits::PEER_KEEPALIVE_INTERVAL_MS;
 use crate::limits::PEER_KEEPALIVE_TIMEOUT_MS;
 use crate::limits::PEER_MESSAGE_BYTES_MAX;
@@ -28,6 +29,8 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Snapshots this node sent to a follower that took them (a metric).
     pub(crate) snapshots_sent: Counter,
+    /// The commit-only appends this node holds back as leader, per follower.
+    pub(crate) held_commits: HeldCommits,
 }
 
 /// TCP connections to peers, without Nagle delay (Raft messages are small and latency-bound),
@@ -66,6 +69,7 @@ impl Peers {
             faults,
             channels: Arc::default(),
             snapshots_sent: Counter::default(),
+            held_commits: HeldCommits::default(),
         }
     }
 

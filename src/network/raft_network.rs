@@ -172,7 +172,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     /// produces them, without waiting for earlier answers, and the follower answers in order.
     /// A cut link ends the stream on either side at once; an answer that does not come within
     /// the RPC timeout while requests are outstanding ends it as a network error (openraft then
-    /// opens a new one).
+    /// opens a new one). An append without entries (a commit update) waits briefly for the next
+    /// append to carry its commit index instead ([`super::HeldCommits`]).
     ///
     /// openraft sends each heartbeat as a stream of one request, and its heartbeat worker counts
     /// the acknowledgement only once the stream has ended: as a gRPC stream that is a stream
@@ -200,7 +201,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 Some(Some(second)) => head.push(second),
                 None => {}
             }
-            let input = futures::stream::iter(head).chain(input);
+            let input = self
+                .peers
+                .held_commits
+                .hold(self.target, futures::stream::iter(head).chain(input));
             let mut client = self
                 .peers
                 .client(self.target, &self.peer_url)

@@ -25,6 +25,7 @@ use tonic::Streaming;
 use super::FROM_NODE_METADATA;
 use super::FaultPlan;
 use super::Faults;
+use super::HeldCommits;
 use super::Proposals;
 use super::membership::MembershipChange;
 use super::membership::MembershipChanges;
@@ -218,6 +219,7 @@ pub struct PeerService {
     membership: MembershipChanges,
     proposals: Proposals,
     read_index_counters: ReadIndexCounters,
+    held_commits: HeldCommits,
     faults: Faults,
     fault_injection_enabled: bool,
     leader_contact: LeaderContact,
@@ -259,6 +261,7 @@ impl PeerService {
             membership,
             proposals,
             read_index_counters: ReadIndexCounters::default(),
+            held_commits: HeldCommits::default(),
             faults,
             fault_injection_enabled,
             leader_contact: LeaderContact::default(),
@@ -269,6 +272,14 @@ impl PeerService {
     /// Counts follower reads answered in one round trip or with a heartbeat round.
     pub fn with_read_index_counters(mut self, counters: ReadIndexCounters) -> Self {
         self.read_index_counters = counters;
+        self
+    }
+
+    /// The commit-only appends this node's replication holds back as leader (the same
+    /// [`HeldCommits`] as its [`super::Peers`]): a follower asking for a read index gets its own
+    /// released at once.
+    pub fn with_held_commits(mut self, held_commits: HeldCommits) -> Self {
+        self.held_commits = held_commits;
         self
     }
 
@@ -489,6 +500,9 @@ impl Peer for PeerService {
     ) -> Result<Response<RaftMessage>, Status> {
         self.admit(&request)?;
         let request = request.into_inner();
+        // The follower waits next for its state machine to reach this leader's commit index:
+        // the commit-only append held for it should not make it wait longer.
+        self.held_commits.release(request.from_node_id);
         let result = super::read_index::read_index(
             &self.raft,
             request.from_node_id,
