@@ -19,12 +19,13 @@
 //!
 //! What it costs: a follower applies a write up to [`HOLD`] later when no other write follows,
 //! so a serializable read there, or a session read waiting for the write's revision, may wait
-//! that much longer. A follower that asks for a read index is about to wait for its state machine to reach the
-//! leader's commit, so the leader releases what it holds for that follower at once
-//! ([`HeldCommits::release`]); linearizable reads on followers do not wait for the hold.
+//! that much longer. A follower that asks for a read index is about to wait for its state
+//! machine to reach the leader's commit, so the leader releases what it holds for that follower
+//! at once ([`HeldCommits::release`]); linearizable reads on followers do not wait for the hold.
 //!
-//! Must never: reorder appends; drop an append that carries entries; hold one longer than
-//! [`HOLD`] or past the end of its stream.
+//! Must never: reorder appends; drop an append that carries entries; hold a commit index longer
+//! than [`HOLD`] (a newer commit-only append that replaces a held one keeps its deadline) or
+//! past the end of its stream.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -124,6 +125,12 @@ impl<S> HoldCommitOnly<S> {
         self
     }
 
+    #[cfg(test)]
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.held.as_ref()?;
+        self.timer.as_ref().map(|timer| timer.deadline())
+    }
+
     fn start_holding(&mut self, request: Request) {
         self.held = Some(request);
         let deadline = tokio::time::Instant::now() + self.hold;
@@ -162,11 +169,18 @@ where
                         return Poll::Ready(this.send_held());
                     }
                     // Replaced, if one was held: the new one carries its commit.
-                    this.send_held();
+                    let replaced = this.held.take().is_some();
                     if request.entries.is_empty() {
-                        this.start_holding(request);
+                        if replaced {
+                            // Within the replaced one's deadline: a run of commit-only appends
+                            // never holds a commit longer than the hold.
+                            this.held = Some(request);
+                        } else {
+                            this.start_holding(request);
+                        }
                         continue;
                     }
+                    this.released = None;
                     return Poll::Ready(Some(request));
                 }
                 Poll::Ready(None) => this.input_done = true,
@@ -289,6 +303,30 @@ mod tests {
             Some((10, 10, 0))
         );
         assert!(started.elapsed() >= hold, "sent before the hold ended");
+        drop(input);
+    }
+
+    #[tokio::test]
+    async fn a_newer_commit_only_append_keeps_the_deadline_of_the_one_it_replaces() {
+        let commits = HeldCommits::default();
+        let (input, stream) = held_stream(&commits);
+        let mut stream = stream.with_hold(Duration::from_millis(300));
+        input.send(append(3, 10, 10, 0)).unwrap();
+        assert_eq!(next_now(&mut stream).await, None);
+        let first = stream.deadline().expect("held with a deadline");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        input.send(append(3, 10, 11, 0)).unwrap();
+        assert_eq!(next_now(&mut stream).await, None);
+        assert_eq!(stream.deadline(), Some(first), "the hold was extended");
+        // Once sent, the next hold starts afresh.
+        let sent = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
+        assert_eq!(
+            sent.expect("sent once the hold ends").map(|r| summary(&r)),
+            Some((10, 11, 0))
+        );
+        input.send(append(3, 10, 12, 0)).unwrap();
+        assert_eq!(next_now(&mut stream).await, None);
+        assert!(stream.deadline().expect("held again") > first);
         drop(input);
     }
 
