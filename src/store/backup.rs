@@ -150,7 +150,10 @@ pub fn restore(file: &[u8], data_dir: &Path) -> io::Result<BackupSummary> {
         .path(data_dir.join("db"))
         .open()
         .map_err(sled_error)?;
-    let keyspace = KeySpace::open(db.open_tree("keyspace").map_err(sled_error)?)?;
+    let keyspace = KeySpace::open(
+        db.open_tree("keyspace").map_err(sled_error)?,
+        &super::history_dir(data_dir),
+    )?;
     let summary = BackupSummary {
         revision: backup.revision,
         compact_revision: backup.compact_revision,
@@ -178,7 +181,11 @@ mod tests {
     fn keyspace(dir: &Path) -> KeySpace {
         // A restore just dropped its handle on this database: wait for sled to release it.
         let db = crate::store::mvcc::tests::open_when_released(&dir.join("db"));
-        KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("keyspace")
+        KeySpace::open(
+            db.open_tree("keyspace").expect("tree"),
+            &crate::store::history_dir(dir),
+        )
+        .expect("keyspace")
     }
 
     fn put(keyspace: &KeySpace, key: &str) {

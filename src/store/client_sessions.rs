@@ -332,7 +332,11 @@ mod tests {
             .path(dir.path().join("db"))
             .open()
             .expect("open sled");
-        let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("open");
+        let keyspace = KeySpace::open(
+            db.open_tree("keyspace").expect("tree"),
+            &crate::store::history_dir(dir.path()),
+        )
+        .expect("open");
         (dir, keyspace)
     }
 

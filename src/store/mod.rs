@@ -65,6 +65,7 @@ pub fn open_with_metrics(
         .map_err(codec::sled_error)?;
     let keyspace = Arc::new(mvcc::KeySpace::open(
         db.open_tree("keyspace").map_err(codec::sled_error)?,
+        &history_dir(data_dir),
     )?);
     let log_dir = data_dir.join("raft-log");
     log_store::migrate_from_sled(&db, &log_dir)?;
@@ -106,7 +107,16 @@ pub fn open_keyspace(data_dir: &Path) -> io::Result<mvcc::KeySpace> {
         .path(data_dir.join("db"))
         .open()
         .map_err(codec::sled_error)?;
-    mvcc::KeySpace::open(db.open_tree("keyspace").map_err(codec::sled_error)?)
+    mvcc::KeySpace::open(
+        db.open_tree("keyspace").map_err(codec::sled_error)?,
+        &history_dir(data_dir),
+    )
+}
+
+/// Where the key space's history log lives in the data directory `data_dir` (beside sled's
+/// `db` and the Raft log's `raft-log`).
+pub(crate) fn history_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("history")
 }
 
 /// Local reads of the key space, shared with the state machine. Whether a read through it is
@@ -185,6 +195,6 @@ impl KvReader {
 
     /// Bytes the database takes on disk.
     pub fn db_size_bytes(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.keyspace.history_bytes()
     }
 }

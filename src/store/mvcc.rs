@@ -41,13 +41,17 @@
 //! | `0x02` history | in a dump only (see below); an earlier layout stored it | |
 //! | `0x03` extra | [`EXTRA_PREFIX`] + anything | the caller's bytes, never interpreted here |
 //! | `0x04` history | `0x04 mod_revision user_key`, a version's history key: pending writes only (an earlier layout had a tree entry each) | `'P'` + `StoredValue`, or `'T'` |
-//! | `0x05` history block | `0x05` + the history key of its first entry without `0x04` | many history entries (see [`blocks`]) |
+//! | `0x05` history block | in the history log (see below); the layout before it stored them: `0x05` + the history key of its first entry without `0x04` | many history entries (see [`blocks`]) |
+//! | `0x06` history log | `0x06 "generation"`, `0x06 "seq"`: which log file, and the last persist it holds (see [`history_log`]) | `u64`, 8 bytes big-endian |
 //!
 //! A version's history key is `0x04 mod_revision user_key`. The revision is 8 bytes big-endian
 //! (always positive), so history keys sort by revision, then by user key, and every write of the
-//! tree lands at its end. The tree packs the history entries into blocks of about 6 KiB, one run
-//! of history keys each, so handing a batch of applies to sled inserts a few values rather than
-//! one per version; the pending writes in memory stay keyed by history key. The history holds
+//! history lands at its end. The history entries are packed into blocks of about 6 KiB, one run
+//! of history keys each, and the blocks live in a log file of their own beside the tree
+//! ([`history_log::HistoryLog`]); the pending writes in memory stay keyed by history key. A
+//! persist appends its blocks to the log and syncs them, then hands its tree writes to sled with
+//! the log's seq in the same batch. Wherever this module says the tree holds the history, the
+//! log does. The history holds
 //! every version, the current one included: a read at an older revision `R` takes, per key, the
 //! newest version with `mod_revision <= R`, and a tombstone (`'T'`, written at the deletion
 //! revision) means the key was absent at `R`.
@@ -118,6 +122,7 @@
 //!   is not an etcd answer, and serving on from a store that cannot be read is worse than a crash.
 
 mod blocks;
+mod history_log;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -162,6 +167,7 @@ use crate::types::TxnOp;
 use crate::types::TxnRequestOp;
 use crate::types::TxnResponseOp;
 use crate::types::TxnResult;
+use history_log::HistoryLog;
 
 /// A [`KeySpace::dump`] with the revisions it holds.
 pub struct RevisionedDump {
@@ -201,7 +207,7 @@ impl FrozenDump {
             for version in versions {
                 let entry = reader
                     .get(
-                        &self.keyspace.tree,
+                        &self.keyspace.history,
                         &history_key(version.revision, user_key),
                     )?
                     .ok_or_else(|| missing_history_entry(user_key, version.revision))?;
@@ -308,6 +314,9 @@ const COMPACT_REVISION_INITIAL: i64 = 0;
 
 const _: () = assert!(META_PREFIX < LIVE_PREFIX && LIVE_PREFIX < DUMP_HISTORY_PREFIX);
 const _: () = assert!(DUMP_HISTORY_PREFIX < EXTRA_PREFIX && EXTRA_PREFIX < HISTORY_PREFIX);
+const _: () = assert!(
+    HISTORY_PREFIX < blocks::BLOCK_PREFIX && blocks::BLOCK_PREFIX < history_log::LOG_STATE_PREFIX
+);
 const _: () = assert!(HISTORY_PUT != HISTORY_TOMBSTONE);
 const _: () = assert!(COMPACT_REVISION_INITIAL < REVISION_INITIAL);
 
@@ -672,9 +681,10 @@ type PendingWrite = Option<Vec<u8>>;
 /// writes still in memory ([`Memory::pending`], then [`Memory::persisting`]), then the tree.
 struct View<'a> {
     tree: &'a sled::Tree,
+    history: &'a HistoryLog,
     memory: &'a Memory,
     overlay: &'a Overlay,
-    /// History entries read from the tree's blocks.
+    /// History entries read from the log's blocks.
     blocks: RefCell<blocks::Reader>,
 }
 
@@ -693,7 +703,7 @@ impl View<'_> {
             return Ok(write.clone());
         }
         if tree_key.first() == Some(&HISTORY_PREFIX) {
-            return self.blocks.borrow_mut().get(self.tree, tree_key);
+            return self.blocks.borrow_mut().get(self.history, tree_key);
         }
         Ok(self
             .tree
@@ -1038,6 +1048,7 @@ struct TxnPath {
 /// left them.
 struct Apply<'a> {
     tree: &'a sled::Tree,
+    history: &'a HistoryLog,
     /// Held under the write gate: each command changes the keys (current values and index) in
     /// place, so the next one reads them as it left them.
     memory: &'a mut Memory,
@@ -1062,6 +1073,7 @@ impl Apply<'_> {
     fn view(&self) -> View<'_> {
         View {
             tree: self.tree,
+            history: self.history,
             memory: &*self.memory,
             overlay: &self.overlay,
             blocks: RefCell::default(),
@@ -1449,6 +1461,8 @@ struct Memory {
 /// applies, and the API's local reads.
 pub struct KeySpace {
     tree: sled::Tree,
+    /// The history's blocks.
+    history: HistoryLog,
     /// Readers hold it shared, `apply`, `restore` and the hand-over to sled exclusively, so no
     /// read sees half a batch, in memory or in the tree.
     gate: RwLock<Memory>,
@@ -1462,15 +1476,20 @@ pub struct KeySpace {
     revision: AtomicI64,
     compact_revision: AtomicI64,
     live_key_count: AtomicUsize,
+    /// A test's temporary folder of the history log, removed with the key space.
+    #[cfg(test)]
+    temporary: Option<tempfile::TempDir>,
 }
 
 impl KeySpace {
-    /// Opens (or creates) the key space in `tree`: revision 1 and compact revision 0 when empty.
-    pub fn open(tree: sled::Tree) -> io::Result<KeySpace> {
+    /// Opens (or creates) the key space in `tree`, its history log in `history_dir`: revision 1
+    /// and compact revision 0 when empty.
+    pub fn open(tree: sled::Tree, history_dir: &std::path::Path) -> io::Result<KeySpace> {
         drop_stored_live_entries(&tree)?;
         move_history_to_revision_order(&tree)?;
         move_history_into_blocks(&tree)?;
-        let keys = load_history(tree_history(&tree))?;
+        let history = HistoryLog::open(&tree, history_dir)?;
+        let keys = load_history(stored_history(&history))?;
         let loaded = Loaded::new(
             tree.get(META_REVISION_KEY).map_err(sled_error)?.as_deref(),
             tree.get(META_COMPACT_REVISION_KEY)
@@ -1480,6 +1499,7 @@ impl KeySpace {
         )?;
         Ok(KeySpace {
             tree,
+            history,
             gate: RwLock::new(Memory {
                 keys,
                 ..Memory::default()
@@ -1490,6 +1510,8 @@ impl KeySpace {
             revision: AtomicI64::new(loaded.revision),
             compact_revision: AtomicI64::new(loaded.compact_revision),
             live_key_count: AtomicUsize::new(loaded.live_key_count),
+            #[cfg(test)]
+            temporary: None,
         })
     }
 
@@ -1562,6 +1584,7 @@ impl KeySpace {
         let compact_revision_before = self.compact_revision();
         let mut apply = Apply {
             tree: &self.tree,
+            history: &self.history,
             memory: &mut gate,
             overlay: Overlay::new(),
             revision: revision_before,
@@ -1693,14 +1716,20 @@ impl KeySpace {
         Some(writes)
     }
 
+    /// The history blocks `writes` change go to the log first, synced; then the rest of
+    /// `writes`, with the log's seq, in one sled batch (see [`history_log`] for the order).
     fn write_to_tree(&self, writes: &Overlay) -> io::Result<()> {
         let mut batch = sled::Batch::default();
         let history = writes.range(vec![HISTORY_PREFIX]..vec![HISTORY_PREFIX + 1]);
-        blocks::write(
-            &self.tree,
-            &mut batch,
+        let changes = blocks::write(
+            &self.history,
             history.map(|(key, value)| (key.as_slice(), value.as_deref())),
         )?;
+        let staged = self.history.stage(changes)?;
+        if let Some(staged) = &staged {
+            let (key, value) = staged.sled_entry();
+            batch.insert(key, &value[..]);
+        }
         for (key, value) in writes {
             if key.first() == Some(&HISTORY_PREFIX) {
                 continue;
@@ -1710,7 +1739,56 @@ impl KeySpace {
                 None => batch.remove(key.as_slice()),
             }
         }
-        self.tree.apply_batch(batch).map_err(sled_error)
+        match self.tree.apply_batch(batch) {
+            Ok(()) => {
+                if let Some(staged) = staged {
+                    self.history.commit(staged);
+                }
+            }
+            Err(error) => {
+                if let Some(staged) = staged {
+                    self.history.abandon(staged);
+                }
+                return Err(sled_error(error));
+            }
+        }
+        if self.history.wants_rewrite() {
+            self.rewrite_history()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the history log without the space of replaced and removed blocks. The blocks
+    /// stay readable throughout (the new file takes over at once, with the same blocks).
+    fn rewrite_history(&self) -> io::Result<()> {
+        let generation = self.history.rewrite()?;
+        self.switch_history(generation, sled::Batch::default())
+    }
+
+    /// Names `generation` in the tree, in `batch` with the rest of it, and puts it in use. The
+    /// file it replaces goes only once sled has flushed, so a restart never finds sled naming a
+    /// removed file.
+    fn switch_history(
+        &self,
+        generation: history_log::Generation,
+        mut batch: sled::Batch,
+    ) -> io::Result<()> {
+        for (key, value) in generation.sled_entries() {
+            batch.insert(key, &value[..]);
+        }
+        self.tree.apply_batch(batch).map_err(sled_error)?;
+        // Durability is the caller's (as for every batch); only the old file's removal waits.
+        let flushed = self.tree.flush();
+        if let Err(error) = &flushed {
+            tracing::warn!(%error, "sled flush failed: the replaced history log stays until the next start");
+        }
+        self.history.switch(generation, flushed.is_ok());
+        Ok(())
+    }
+
+    /// Bytes of the history log's file.
+    pub fn history_bytes(&self) -> u64 {
+        self.history.bytes()
     }
 
     /// Drops `persisting` once the tree holds it, or puts it back under the pending writes
@@ -1886,6 +1964,7 @@ impl KeySpace {
     fn view<'a>(&'a self, memory: &'a Memory, overlay: &'a Overlay) -> View<'a> {
         View {
             tree: &self.tree,
+            history: &self.history,
             memory,
             overlay,
             blocks: RefCell::default(),
@@ -1923,10 +2002,9 @@ impl KeySpace {
         }
         history.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         let history = history.iter().map(|(k, v)| (k.as_slice(), v.as_slice()));
-        for (block_key, block) in blocks::pack(history) {
-            batch.insert(block_key, block);
-        }
-        self.tree.apply_batch(batch).map_err(sled_error)?;
+        // A new log file with the restored blocks alone, named in the same batch.
+        let generation = self.history.replace(blocks::pack(history))?;
+        self.switch_history(generation, batch)?;
         // What was applied before the restore but never handed to sled is replaced too.
         *memory = Memory {
             keys: restored_keys,
@@ -2000,9 +2078,11 @@ fn live_count(keys: &Keys) -> usize {
         .count()
 }
 
-/// The tree's history entries as [`load_history`] takes them.
-fn tree_history(tree: &sled::Tree) -> impl Iterator<Item = io::Result<(Vec<u8>, i64, Vec<u8>)>> {
-    blocks::iter(tree).map(|entry| {
+/// The log's history entries as [`load_history`] takes them.
+fn stored_history(
+    history: &HistoryLog,
+) -> impl Iterator<Item = io::Result<(Vec<u8>, i64, Vec<u8>)>> + use<> {
+    blocks::iter(history).map(|entry| {
         let (tree_key, value) = entry?;
         let (revision, user_key) = parse_history_key(&tree_key)?;
         Ok((user_key.to_vec(), revision, value))
@@ -2059,11 +2139,16 @@ fn move_history_into_blocks(tree: &sled::Tree) -> io::Result<()> {
     if history.is_empty() {
         return Ok(());
     }
+    if tree.scan_prefix([blocks::BLOCK_PREFIX]).next().is_some() {
+        return Err(invalid_data(
+            "the key space tree holds its history both per version and in blocks".to_string(),
+        ));
+    }
     let moved = history.len();
-    let written = history
-        .iter()
-        .map(|(key, value)| (&key[..], Some(&value[..])));
-    blocks::write(tree, &mut batch, written)?;
+    let written = history.iter().map(|(key, value)| (&key[..], &value[..]));
+    for (block_key, block) in blocks::pack(written) {
+        batch.insert(block_key, block);
+    }
     apply_upgrade(
         tree,
         batch,
@@ -2170,11 +2255,18 @@ pub(crate) mod tests {
     }
 
     fn open_temporary() -> KeySpace {
+        let directory = tempfile::tempdir().expect("tempdir");
         let db = sled::Config::new()
             .temporary(true)
             .open()
             .expect("open a temporary sled db");
-        KeySpace::open(db.open_tree("keyspace").expect("open tree")).expect("open key space")
+        let mut keyspace = KeySpace::open(
+            db.open_tree("keyspace").expect("open tree"),
+            directory.path(),
+        )
+        .expect("open key space");
+        keyspace.temporary = Some(directory);
+        keyspace
     }
 
     fn put_op(key: &[u8], value: &[u8]) -> PutOp {
@@ -3444,7 +3536,7 @@ pub(crate) mod tests {
         compaction
             .join()
             .expect("the compaction finishes once the dump is dropped");
-        let history = tree_history(&keyspace.tree).count();
+        let history = stored_history(&keyspace.history).count();
         // a, c, d at their newest version; b's deletion removed it entirely.
         assert_eq!(history, 3, "the compaction reached sled");
     }
@@ -3490,9 +3582,11 @@ pub(crate) mod tests {
     fn reopening_the_tree_restores_revision_compact_revision_and_data() {
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path().join("db");
+        let history_dir = crate::store::history_dir(directory.path());
         {
             let db = sled::Config::new().path(&path).open().expect("open db");
-            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("open");
+            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir)
+                .expect("open");
             run(&keyspace, put(b"a", b"1"));
             run(&keyspace, put(b"a", b"2"));
             run(&keyspace, put(b"b", b"1"));
@@ -3501,7 +3595,8 @@ pub(crate) mod tests {
             db.flush().expect("flush");
         }
         let db = open_when_released(&path);
-        let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("reopen");
+        let keyspace =
+            KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir).expect("reopen");
         assert_eq!(
             (
                 keyspace.revision(),
@@ -3937,18 +4032,26 @@ pub(crate) mod tests {
         }
     }
 
-    /// The keys in memory (current values and versions) equal what the tree's history defines (as a
-    /// reopen rebuilds them), and the tree itself stores no live entry and no history in the
-    /// dump's layout.
+    /// The keys in memory (current values and versions) equal what the log's history defines (as a
+    /// reopen rebuilds them), and the tree itself stores no live entry and no history, in no
+    /// layout.
     fn assert_memory_is_the_history(keyspace: &KeySpace) {
         keyspace.persist().expect("persist");
         let memory = keyspace.read_gate();
-        let keys = load_history(tree_history(&keyspace.tree)).expect("rebuild");
+        let keys = load_history(stored_history(&keyspace.history)).expect("rebuild");
         assert_eq!(memory.keys, keys);
         assert_eq!(keyspace.live_key_count(), live_count(&keys));
         assert_eq!(keyspace.tree.scan_prefix([LIVE_PREFIX]).count(), 0);
         assert_eq!(keyspace.tree.scan_prefix([DUMP_HISTORY_PREFIX]).count(), 0);
         assert_eq!(keyspace.tree.scan_prefix([HISTORY_PREFIX]).count(), 0);
+        assert_eq!(keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).count(), 0);
+    }
+
+    /// Makes the tree forget its history log, as a tree of a version before the log: the next
+    /// open takes the history from the tree alone (and replaces the log's file).
+    fn forget_the_history_log(batch: &mut sled::Batch) {
+        batch.remove(history_log::GENERATION_KEY);
+        batch.remove(history_log::SEQ_KEY);
     }
 
     /// Rewrites the tree's history as the layout before the blocks kept it: one tree entry per
@@ -3956,10 +4059,8 @@ pub(crate) mod tests {
     fn store_one_entry_per_version(keyspace: &KeySpace) {
         keyspace.persist().expect("persist");
         let mut batch = sled::Batch::default();
-        for key in keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).keys() {
-            batch.remove(key.expect("history block key"));
-        }
-        for entry in blocks::iter(&keyspace.tree) {
+        forget_the_history_log(&mut batch);
+        for entry in blocks::iter(&keyspace.history) {
             let (key, value) = entry.expect("history entry");
             batch.insert(key, value);
         }
@@ -3969,13 +4070,30 @@ pub(crate) mod tests {
             .expect("store one entry per version");
     }
 
+    /// Rewrites the tree's history as the layout before the history log: its blocks in the tree.
+    fn store_blocks_in_the_tree(keyspace: &KeySpace) {
+        keyspace.persist().expect("persist");
+        let mut batch = sled::Batch::default();
+        forget_the_history_log(&mut batch);
+        for block in keyspace.history.blocks() {
+            let (key, block) = block.expect("history block");
+            batch.insert(key, block);
+        }
+        keyspace
+            .tree
+            .apply_batch(batch)
+            .expect("store the blocks in the tree");
+    }
+
     #[test]
     fn a_tree_with_one_entry_per_version_opens_with_the_same_reads_and_its_history_in_blocks() {
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path().join("db");
+        let history_dir = crate::store::history_dir(directory.path());
         let before = {
             let db = sled::Config::new().path(&path).open().expect("open db");
-            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("open");
+            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir)
+                .expect("open");
             put_every_awkward_key(&keyspace);
             run(&keyspace, delete(b"a", b"b"));
             run(&keyspace, put(b"a", b"again"));
@@ -3991,11 +4109,113 @@ pub(crate) mod tests {
             (reads, hash)
         };
         let db = open_when_released(&path);
-        let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("reopen");
-        assert!(keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).count() > 1);
+        let keyspace =
+            KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir).expect("reopen");
+        assert!(keyspace.history.block_count() > 1);
         let reads = (every_read(&keyspace), keyspace.live_key_count());
         assert_eq!((reads, keyspace.hash_kv(0).expect("hash")), before);
         assert_memory_is_the_history(&keyspace);
+    }
+
+    #[test]
+    fn a_tree_with_its_history_blocks_in_sled_opens_with_the_same_reads_and_the_blocks_moved_out() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("db");
+        let history_dir = crate::store::history_dir(directory.path());
+        let before = {
+            let db = sled::Config::new().path(&path).open().expect("open db");
+            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir)
+                .expect("open");
+            put_every_awkward_key(&keyspace);
+            run(&keyspace, delete(b"a", b"b"));
+            run(&keyspace, Command::Compact { revision: 5 });
+            put_numbered_keys(&keyspace, 200);
+            let reads = (every_read(&keyspace), keyspace.live_key_count());
+            let hash = keyspace.hash_kv(0).expect("hash");
+            store_blocks_in_the_tree(&keyspace);
+            assert!(keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).count() > 1);
+            db.flush().expect("flush");
+            (reads, hash)
+        };
+        let db = open_when_released(&path);
+        let keyspace =
+            KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir).expect("reopen");
+        assert!(keyspace.history.block_count() > 1);
+        let reads = (every_read(&keyspace), keyspace.live_key_count());
+        assert_eq!((reads, keyspace.hash_kv(0).expect("hash")), before);
+        assert_memory_is_the_history(&keyspace);
+    }
+
+    #[test]
+    fn the_history_log_is_rewritten_without_replaced_blocks_and_reads_the_same_after_a_reopen() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("db");
+        let history_dir = crate::store::history_dir(directory.path());
+        let before = {
+            let db = sled::Config::new().path(&path).open().expect("open db");
+            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir)
+                .expect("open");
+            keyspace.history.rewrite_after(16 * 1024);
+            put_numbered_keys(&keyspace, 300);
+            put_numbered_keys(&keyspace, 300);
+            keyspace.persist().expect("persist");
+            let grown = keyspace.history_bytes();
+            // Cuts every first version out of its block: the blocks are rewritten, their old
+            // records left behind, and the log rewritten once they outweigh the live ones.
+            let revision = keyspace.revision();
+            run(&keyspace, Command::Compact { revision });
+            keyspace.persist().expect("persist");
+            assert_eq!(keyspace.history.generation(), 2);
+            assert!(
+                keyspace.history_bytes() < grown,
+                "{} >= {grown}",
+                keyspace.history_bytes()
+            );
+            put_numbered_keys(&keyspace, 10);
+            assert_memory_is_the_history(&keyspace);
+            let reads = (every_read(&keyspace), keyspace.live_key_count());
+            db.flush().expect("flush");
+            (reads, keyspace.hash_kv(0).expect("hash"))
+        };
+        let files: Vec<_> = std::fs::read_dir(&history_dir).expect("list").collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let db = open_when_released(&path);
+        let keyspace =
+            KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir).expect("reopen");
+        let reads = (every_read(&keyspace), keyspace.live_key_count());
+        assert_eq!((reads, keyspace.hash_kv(0).expect("hash")), before);
+        assert_memory_is_the_history(&keyspace);
+    }
+
+    #[test]
+    fn a_restore_replaces_the_history_log_whole_and_reads_the_same_after_a_reopen() {
+        let source = open_temporary();
+        put_every_awkward_key(&source);
+        put_numbered_keys(&source, 100);
+        let dump = source.dump().expect("dump");
+        let reads = every_read(&source);
+
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("db");
+        let history_dir = crate::store::history_dir(directory.path());
+        {
+            let db = sled::Config::new().path(&path).open().expect("open db");
+            let target = KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir)
+                .expect("open");
+            put_numbered_keys(&target, 50);
+            target.persist().expect("persist");
+            target.restore(dump.clone()).expect("restore");
+            assert_eq!(target.history.generation(), 2);
+            assert_eq!(every_read(&target), reads);
+        }
+        let files: Vec<_> = std::fs::read_dir(&history_dir).expect("list").collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let db = open_when_released(&path);
+        let target =
+            KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir).expect("reopen");
+        assert_eq!(target.dump().expect("dump"), dump);
+        assert_eq!(every_read(&target), reads);
+        assert_memory_is_the_history(&target);
     }
 
     /// Rewrites the tree as the earlier layouts kept it: the live entries stored, and the history
@@ -4005,9 +4225,7 @@ pub(crate) mod tests {
         let dump = keyspace.dump().expect("dump");
         let memory = keyspace.read_gate();
         let mut batch = sled::Batch::default();
-        for key in keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).keys() {
-            batch.remove(key.expect("history block key"));
-        }
+        forget_the_history_log(&mut batch);
         for (key, value) in &dump {
             if key.first() == Some(&DUMP_HISTORY_PREFIX) {
                 batch.insert(key.as_slice(), value.as_slice());
@@ -4039,9 +4257,11 @@ pub(crate) mod tests {
     fn a_tree_of_the_earlier_layouts_opens_with_the_same_reads_and_its_history_moved() {
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path().join("db");
+        let history_dir = crate::store::history_dir(directory.path());
         let before = {
             let db = sled::Config::new().path(&path).open().expect("open db");
-            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("open");
+            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir)
+                .expect("open");
             for (index, key) in awkward_keys().iter().enumerate() {
                 run(&keyspace, put(key, &[index as u8]));
             }
@@ -4057,7 +4277,8 @@ pub(crate) mod tests {
             reads
         };
         let db = open_when_released(&path);
-        let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("reopen");
+        let keyspace =
+            KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir).expect("reopen");
         assert_eq!((every_read(&keyspace), keyspace.live_key_count()), before);
         assert_memory_is_the_history(&keyspace);
     }
@@ -4090,6 +4311,7 @@ pub(crate) mod tests {
     fn applied_batches_not_yet_in_sled_are_lost_whole_on_a_crash() {
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path().join("db");
+        let history_dir = crate::store::history_dir(directory.path());
         let marker = vec![EXTRA_PREFIX, b'm'];
         let with_marker = |keyspace: &KeySpace, commands: &[Command], value: &[u8]| {
             let commands: Vec<Option<&Command>> = commands.iter().map(Some).collect();
@@ -4099,7 +4321,8 @@ pub(crate) mod tests {
         };
         {
             let db = sled::Config::new().path(&path).open().expect("open db");
-            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("open");
+            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir)
+                .expect("open");
             with_marker(&keyspace, &[put(b"a", b"1")], b"first");
             keyspace.persist().expect("persist");
             with_marker(&keyspace, &[put(b"a", b"2"), put(b"b", b"1")], b"second");
@@ -4113,7 +4336,8 @@ pub(crate) mod tests {
             db.flush().expect("flush");
         }
         let db = open_when_released(&path);
-        let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("reopen");
+        let keyspace =
+            KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir).expect("reopen");
         assert_eq!(
             keyspace.get_extra(&marker).expect("marker"),
             Some(b"first".to_vec())

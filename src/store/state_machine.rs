@@ -433,8 +433,13 @@ mod tests {
 
     fn open_at(dir: &Path) -> StateMachine {
         let db = open_when_released(&dir.join("db"));
-        let keyspace =
-            Arc::new(KeySpace::open(db.open_tree("keyspace").expect("tree")).expect("open"));
+        let keyspace = Arc::new(
+            KeySpace::open(
+                db.open_tree("keyspace").expect("tree"),
+                &crate::store::history_dir(dir),
+            )
+            .expect("open"),
+        );
         StateMachine::open(
             db,
             keyspace,

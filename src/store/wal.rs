@@ -56,7 +56,7 @@ const PREALLOCATE_BYTES: u64 = 1 << 20;
 /// core's task), and untouched pages cost no memory.
 static ZEROS: [u8; PREALLOCATE_BYTES as usize] = [0; PREALLOCATE_BYTES as usize];
 
-fn checksum(index: u64, payload: &[u8]) -> u32 {
+pub(crate) fn checksum(index: u64, payload: &[u8]) -> u32 {
     let mut crc = Crc32c::default();
     crc.update(&index.to_le_bytes());
     crc.update(payload);
@@ -455,7 +455,7 @@ fn damaged(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -1,10 +1,10 @@
-//! The history's entries in the tree, packed into blocks: one sled value holds many history
-//! entries, so handing a batch of applied writes to sled inserts a few values rather than one
-//! per version.
+//! The history's entries packed into blocks, kept in the [`HistoryLog`]: one record holds many
+//! history entries, so a persisted batch of applied writes writes a few blocks rather than one
+//! record per version.
 //!
-//! A block's tree key is [`BLOCK_PREFIX`] followed by the history key of its first entry without
+//! A block's key is [`BLOCK_PREFIX`] followed by the history key of its first entry without
 //! that key's prefix byte (its *suffix*: revision, then user key). Blocks never overlap: entries
-//! are only ever added above every entry the tree holds (checked by [`write`]), in new blocks,
+//! are only ever added above every entry the log holds (checked by [`write`]), in new blocks,
 //! so a block holds exactly the history entries from its own key up to the next block's key. To
 //! find an entry, take the last block whose key is at or below the entry's; it holds the entry
 //! or nothing does.
@@ -14,20 +14,21 @@
 //! of the blocks holding them: the block is rewritten under the same key (still at or below
 //! every entry it keeps and above the previous block's), or removed once empty.
 //!
-//! Why this size: sled splits a leaf beyond 16 entries whatever their size, and writes a page
-//! larger than a quarter of its 512 KiB segments to a file of its own (a blob). 17 blocks of
-//! 6 KiB stay far below that.
+//! Why this size: blocks were first kept in sled, which splits a leaf beyond 16 entries
+//! whatever their size and writes a page larger than a quarter of its 512 KiB segments to a file
+//! of its own (a blob); 17 blocks of 6 KiB stayed far below that. In the log the size only sets
+//! how much a read of one old version reads, and how much a compaction rewrites per cut block.
 //!
-//! Must never: put an entry below one the tree holds; lose an entry a compaction did not name.
+//! Must never: put an entry below one the log holds; lose an entry a compaction did not name.
 
-use std::collections::Bound;
 use std::io;
 
 use super::HISTORY_PREFIX;
+use super::history_log::BlockChanges;
+use super::history_log::HistoryLog;
 use super::invalid_data;
-use super::sled_error;
 
-/// The tree keys of history blocks start with this byte (see the layout table in `mvcc`).
+/// The keys of history blocks start with this byte (see the layout table in `mvcc`).
 pub(super) const BLOCK_PREFIX: u8 = 0x05;
 
 /// A block is cut once it holds this many bytes or more.
@@ -99,7 +100,7 @@ fn last_suffix(block: &[u8]) -> io::Result<Option<&[u8]>> {
     Ok(last)
 }
 
-/// Packs history entries (history key, value), in ascending key order, into blocks: (tree key,
+/// Packs history entries (history key, value), in ascending key order, into blocks: (block key,
 /// block).
 pub(super) fn pack<'e>(
     history: impl IntoIterator<Item = (&'e [u8], &'e [u8])>,
@@ -130,36 +131,23 @@ pub(super) fn pack<'e>(
 }
 
 /// The last block whose key is at or below `suffix`'s: the one that holds it, if any does.
-fn block_of(tree: &sled::Tree, suffix: &[u8]) -> io::Result<Option<(sled::IVec, sled::IVec)>> {
-    tree.range(vec![BLOCK_PREFIX]..=with_prefix(BLOCK_PREFIX, suffix))
-        .next_back()
-        .transpose()
-        .map_err(sled_error)
+fn block_of(log: &HistoryLog, suffix: &[u8]) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    log.block_at_or_below(&with_prefix(BLOCK_PREFIX, suffix))
 }
 
-/// The key of the first block after the block keyed `block_key`.
-fn next_block_key(tree: &sled::Tree, block_key: &[u8]) -> io::Result<Option<sled::IVec>> {
-    let after = (
-        Bound::Excluded(block_key.to_vec()),
-        Bound::Excluded(vec![BLOCK_PREFIX + 1]),
-    );
-    let next = tree.range::<Vec<u8>, _>(after).next().transpose();
-    Ok(next.map_err(sled_error)?.map(|(key, _)| key))
-}
-
-/// Reads history entries from the tree, keeping the last block it read: versions read in a row
+/// Reads history entries from the log, keeping the last block it read: versions read in a row
 /// (a dump's, a range's) are often in the same block.
 #[derive(Default)]
 pub(super) struct Reader {
-    /// The last block read: its tree key, its last entry's suffix, and its bytes.
-    last: Option<(sled::IVec, Vec<u8>, sled::IVec)>,
+    /// The last block read: its key, its last entry's suffix, and its bytes.
+    last: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
 }
 
 impl Reader {
-    /// The value of the history entry `history_key`, if the tree holds it.
+    /// The value of the history entry `history_key`, if the log holds it.
     pub(super) fn get(
         &mut self,
-        tree: &sled::Tree,
+        log: &HistoryLog,
         history_key: &[u8],
     ) -> io::Result<Option<Vec<u8>>> {
         let suffix = suffix(history_key);
@@ -168,7 +156,7 @@ impl Reader {
         });
         if !cached {
             self.last = None;
-            let Some((key, block)) = block_of(tree, suffix)? else {
+            let Some((key, block)) = block_of(log, suffix)? else {
                 return Ok(None);
             };
             let last = last_suffix(&block)?.unwrap_or_default().to_vec();
@@ -187,18 +175,19 @@ impl Reader {
     }
 }
 
-/// Every history entry of the tree as (history key, value), in key order.
-pub(super) fn iter(tree: &sled::Tree) -> impl Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>> {
-    tree.scan_prefix([BLOCK_PREFIX]).flat_map(|block| {
-        let unpacked: io::Result<Vec<(Vec<u8>, Vec<u8>)>> =
-            block.map_err(sled_error).and_then(|(_, block)| {
-                entries(&block)
-                    .map(|entry| {
-                        let (suffix, value) = entry?;
-                        Ok((with_prefix(HISTORY_PREFIX, suffix), value.to_vec()))
-                    })
-                    .collect()
-            });
+/// Every history entry of the log as (history key, value), in key order.
+pub(super) fn iter(
+    log: &HistoryLog,
+) -> impl Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>> + use<> {
+    log.blocks().flat_map(|block| {
+        let unpacked: io::Result<Vec<(Vec<u8>, Vec<u8>)>> = block.and_then(|(_, block)| {
+            entries(&block)
+                .map(|entry| {
+                    let (suffix, value) = entry?;
+                    Ok((with_prefix(HISTORY_PREFIX, suffix), value.to_vec()))
+                })
+                .collect()
+        });
         match unpacked {
             Ok(history) => history.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(error) => vec![Err(error)],
@@ -206,24 +195,23 @@ pub(super) fn iter(tree: &sled::Tree) -> impl Iterator<Item = io::Result<(Vec<u8
     })
 }
 
-/// The suffix of the newest entry the tree holds.
-fn newest_suffix(tree: &sled::Tree) -> io::Result<Option<Vec<u8>>> {
-    let Some(last_block) = tree.scan_prefix([BLOCK_PREFIX]).next_back() else {
+/// The suffix of the newest entry the log holds.
+fn newest_suffix(log: &HistoryLog) -> io::Result<Option<Vec<u8>>> {
+    let Some((_, block)) = log.last_block()? else {
         return Ok(None);
     };
-    let (_, block) = last_block.map_err(sled_error)?;
     Ok(last_suffix(&block)?.map(<[u8]>::to_vec))
 }
 
-/// Adds history writes (history key, `Some(value)` to insert or `None` to remove), in ascending
-/// key order, to `batch`: inserted entries in new blocks, removed ones cut out of the blocks
-/// holding them. An insert at or below an entry the tree holds is refused, before `batch` is
-/// touched. A removed entry the tree does not hold is no change.
+/// The block changes (block key, `Some(block)` to write or `None` to remove) that make history
+/// writes (history key, `Some(value)` to insert or `None` to remove, in ascending key order):
+/// inserted entries in new blocks, removed ones cut out of the blocks holding them. An insert at
+/// or below an entry the log holds is refused. A removed entry the log does not hold is no
+/// change.
 pub(super) fn write<'w>(
-    tree: &sled::Tree,
-    batch: &mut sled::Batch,
+    log: &HistoryLog,
     writes: impl IntoIterator<Item = (&'w [u8], Option<&'w [u8]>)>,
-) -> io::Result<()> {
+) -> io::Result<BlockChanges> {
     let mut inserts = Vec::new();
     let mut removals = Vec::new();
     for (history_key, value) in writes {
@@ -233,21 +221,21 @@ pub(super) fn write<'w>(
         }
     }
     if let Some((first, _)) = inserts.first()
-        && let Some(newest) = newest_suffix(tree)?
+        && let Some(newest) = newest_suffix(log)?
         && newest.as_slice() >= suffix(first)
     {
         return Err(invalid_data(format!(
-            "history entry {first:?} written at or below the newest one the tree holds"
+            "history entry {first:?} written at or below the newest one the log holds"
         )));
     }
     let mut rewritten = Vec::new();
     let mut at = 0;
     while at < removals.len() {
-        let Some((block_key, block)) = block_of(tree, removals[at])? else {
+        let Some((block_key, block)) = block_of(log, removals[at])? else {
             at += 1;
             continue;
         };
-        let next = next_block_key(tree, &block_key)?;
+        let next = log.next_block_key(&block_key);
         let end = at
             + removals[at..]
                 .partition_point(|removal| next.as_ref().is_none_or(|next| *removal < &next[1..]));
@@ -268,29 +256,38 @@ pub(super) fn write<'w>(
         }
         at = end;
     }
-    for (block_key, kept) in rewritten {
-        if kept.is_empty() {
-            batch.remove(block_key);
-        } else {
-            batch.insert(block_key, kept);
-        }
-    }
-    for (block_key, block) in pack(inserts) {
-        batch.insert(block_key, block);
-    }
-    Ok(())
+    let mut changes: BlockChanges = rewritten
+        .into_iter()
+        .map(|(block_key, kept)| (block_key, Some(kept).filter(|kept| !kept.is_empty())))
+        .collect();
+    changes.extend(
+        pack(inserts)
+            .into_iter()
+            .map(|(block_key, block)| (block_key, Some(block))),
+    );
+    Ok(changes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn temporary_tree() -> sled::Tree {
+    /// A history log in a temporary folder, with the tree that names its persists.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        tree: sled::Tree,
+        log: HistoryLog,
+    }
+
+    fn temporary_log() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::Config::new()
             .temporary(true)
             .open()
             .expect("open a temporary sled db");
-        db.open_tree("history").expect("open tree")
+        let tree = db.open_tree("keyspace").expect("open tree");
+        let log = HistoryLog::open(&tree, dir.path()).expect("open the history log");
+        Fixture { dir, tree, log }
     }
 
     /// History keys `0x04 revision user_key` for revisions `revisions`, one per revision, with a
@@ -315,25 +312,33 @@ mod tests {
             .collect()
     }
 
-    fn write_all(tree: &sled::Tree, writes: Vec<(&[u8], Option<&[u8]>)>) -> io::Result<()> {
-        let mut batch = sled::Batch::default();
-        write(tree, &mut batch, writes)?;
-        tree.apply_batch(batch).map_err(sled_error)
+    /// Writes `writes` as one persist does.
+    fn write_all(fixture: &Fixture, writes: Vec<(&[u8], Option<&[u8]>)>) -> io::Result<()> {
+        let changes = write(&fixture.log, writes)?;
+        if let Some(staged) = fixture.log.stage(changes)? {
+            let (key, value) = staged.sled_entry();
+            fixture
+                .tree
+                .insert(key, &value[..])
+                .map_err(super::super::sled_error)?;
+            fixture.log.commit(staged);
+        }
+        Ok(())
     }
 
-    fn stored(tree: &sled::Tree) -> Vec<(Vec<u8>, Vec<u8>)> {
-        iter(tree).collect::<io::Result<_>>().expect("read history")
+    fn stored(log: &HistoryLog) -> Vec<(Vec<u8>, Vec<u8>)> {
+        iter(log).collect::<io::Result<_>>().expect("read history")
     }
 
     #[test]
     fn packed_entries_fill_blocks_of_the_block_size_and_each_is_found_in_its_block() {
-        let tree = temporary_tree();
+        let fixture = temporary_log();
+        let log = &fixture.log;
         let entries = history(2..402, 100);
-        write_all(&tree, as_writes(&entries)).expect("write");
-        let block_lengths: Vec<usize> = tree
-            .scan_prefix([BLOCK_PREFIX])
-            .values()
-            .map(|block| block.expect("block").len())
+        write_all(&fixture, as_writes(&entries)).expect("write");
+        let block_lengths: Vec<usize> = log
+            .blocks()
+            .map(|block| block.expect("block").1.len())
             .collect();
         // 400 entries of 4 + 11 + 4 + 100 bytes: 52 per block, the last one partly full.
         assert_eq!(block_lengths.len(), 8, "{block_lengths:?}");
@@ -343,12 +348,12 @@ mod tests {
                 .all(|&len| (BLOCK_BYTES..BLOCK_BYTES + 120).contains(&len))
         );
         assert!(*last < BLOCK_BYTES);
-        assert_eq!(stored(&tree), entries);
+        assert_eq!(stored(log), entries);
 
         let mut reader = Reader::default();
         // In order, then in reverse, so the kept block is both reused and replaced.
         for (key, value) in entries.iter().chain(entries.iter().rev()) {
-            assert_eq!(reader.get(&tree, key).expect("get").as_ref(), Some(value));
+            assert_eq!(reader.get(log, key).expect("get").as_ref(), Some(value));
         }
         // Absent: below every block, between two entries, above every entry.
         let (below, _) = &history(1..2, 0)[0];
@@ -356,18 +361,19 @@ mod tests {
         between.push(0);
         let (above, _) = &history(402..403, 0)[0];
         for absent in [below, &between, above] {
-            assert_eq!(reader.get(&tree, absent).expect("get"), None);
-            assert_eq!(Reader::default().get(&tree, absent).expect("get"), None);
+            assert_eq!(reader.get(log, absent).expect("get"), None);
+            assert_eq!(Reader::default().get(log, absent).expect("get"), None);
         }
     }
 
     #[test]
     fn removed_entries_are_cut_out_of_their_blocks_and_an_emptied_block_is_removed() {
-        let tree = temporary_tree();
+        let fixture = temporary_log();
+        let log = &fixture.log;
         let entries = history(2..402, 100);
-        write_all(&tree, as_writes(&entries)).expect("write");
-        let blocks_before = tree.scan_prefix([BLOCK_PREFIX]).count();
-        // The whole first block (52 entries), every third entry after it, and an entry the tree
+        write_all(&fixture, as_writes(&entries)).expect("write");
+        let blocks_before = log.block_count();
+        // The whole first block (52 entries), every third entry after it, and an entry the log
         // never held.
         let (never_held, _) = &history(1000..1001, 0)[0];
         let removed: Vec<&[u8]> = entries
@@ -377,7 +383,7 @@ mod tests {
             .map(|(_, (key, _))| key.as_slice())
             .chain([never_held.as_slice()])
             .collect();
-        write_all(&tree, removed.iter().map(|key| (*key, None)).collect()).expect("remove");
+        write_all(&fixture, removed.iter().map(|key| (*key, None)).collect()).expect("remove");
 
         let kept: Vec<(Vec<u8>, Vec<u8>)> = entries
             .iter()
@@ -385,51 +391,62 @@ mod tests {
             .filter(|(index, _)| !(*index < 52 || index % 3 == 0))
             .map(|(_, entry)| entry.clone())
             .collect();
-        assert_eq!(stored(&tree), kept);
-        assert_eq!(tree.scan_prefix([BLOCK_PREFIX]).count(), blocks_before - 1);
+        assert_eq!(stored(log), kept);
+        assert_eq!(log.block_count(), blocks_before - 1);
         let mut reader = Reader::default();
         for (key, value) in &kept {
-            assert_eq!(reader.get(&tree, key).expect("get").as_ref(), Some(value));
+            assert_eq!(reader.get(log, key).expect("get").as_ref(), Some(value));
         }
         for key in removed {
-            assert_eq!(reader.get(&tree, key).expect("get"), None);
+            assert_eq!(reader.get(log, key).expect("get"), None);
         }
         // New entries still go above the kept ones, in a block of their own.
         let later = history(402..410, 100);
-        write_all(&tree, as_writes(&later)).expect("write later");
-        assert_eq!(stored(&tree), [kept, later].concat());
+        write_all(&fixture, as_writes(&later)).expect("write later");
+        assert_eq!(stored(log), [kept.clone(), later.clone()].concat());
+        // And all of it reads back the same from the file.
+        let Fixture { dir, tree, log } = fixture;
+        drop(log);
+        let log = HistoryLog::open(&tree, dir.path()).expect("reopen");
+        assert_eq!(stored(&log), [kept, later].concat());
     }
 
     #[test]
     fn an_entry_at_or_below_the_newest_stored_one_is_refused_and_nothing_is_written() {
-        let tree = temporary_tree();
+        let fixture = temporary_log();
         let entries = history(2..10, 100);
-        write_all(&tree, as_writes(&entries)).expect("write");
-        let before: Vec<_> = tree.iter().collect::<Result<_, _>>().expect("read");
+        write_all(&fixture, as_writes(&entries)).expect("write");
+        let before = (stored(&fixture.log), fixture.log.bytes());
         for refused in [history(9..11, 100), history(5..6, 100)] {
-            let mut batch = sled::Batch::default();
-            let error = write(&tree, &mut batch, as_writes(&refused)).expect_err("refused");
+            let error = write_all(&fixture, as_writes(&refused)).expect_err("refused");
             assert_eq!(error.kind(), io::ErrorKind::InvalidData);
             assert!(
                 error.to_string().contains("at or below the newest"),
                 "{error}"
             );
-            tree.apply_batch(batch).expect("apply the untouched batch");
         }
-        let after: Vec<_> = tree.iter().collect::<Result<_, _>>().expect("read");
-        assert_eq!(after, before);
+        assert_eq!((stored(&fixture.log), fixture.log.bytes()), before);
     }
 
     #[test]
     fn a_damaged_block_is_an_error_not_a_shorter_history() {
-        let tree = temporary_tree();
-        write_all(&tree, as_writes(&history(2..4, 100))).expect("write");
-        let (key, block) = tree.iter().next().expect("a block").expect("read");
-        tree.insert(key, &block[..block.len() - 1])
-            .expect("cut the block");
-        let error = iter(&tree).find_map(Result::err).expect("an error");
+        let fixture = temporary_log();
+        write_all(&fixture, as_writes(&history(2..4, 100))).expect("write");
+        let file = std::fs::read_dir(fixture.dir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").path())
+            .find(|path| path.extension().is_some_and(|extension| extension == "log"))
+            .expect("the log file");
+        let file = std::fs::File::options()
+            .write(true)
+            .open(file)
+            .expect("open");
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&[0xEE], fixture.log.bytes() - 10)
+            .expect("damage the block");
+        let error = iter(&fixture.log).find_map(Result::err).expect("an error");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         let (last, _) = &history(3..4, 0)[0];
-        assert!(Reader::default().get(&tree, last).is_err());
+        assert!(Reader::default().get(&fixture.log, last).is_err());
     }
 }
