@@ -107,6 +107,19 @@ struct State {
 }
 
 impl State {
+    /// Generation `generation` on `file`, at persist `seq`, before any record is counted.
+    fn empty(generation: u64, file: File, seq: u64) -> State {
+        State {
+            generation,
+            file: Arc::new(file),
+            end: 0,
+            seq,
+            blocks: BTreeMap::new(),
+            live_bytes: 0,
+            garbage_bytes: 0,
+        }
+    }
+
     fn put(&mut self, key: Vec<u8>, location: Location) {
         self.live_bytes += location.record_bytes();
         if let Some(replaced) = self.blocks.insert(key, location) {
@@ -497,15 +510,7 @@ fn write_generation_file(
         .create(true)
         .truncate(true)
         .open(&temporary)?;
-    let mut state = State {
-        generation,
-        file: Arc::new(file),
-        end: 0,
-        seq,
-        blocks: BTreeMap::new(),
-        live_bytes: 0,
-        garbage_bytes: 0,
-    };
+    let mut state = State::empty(generation, file, seq);
     let mut records = Vec::new();
     push_record(&mut records, KIND_START, seq, &[], MAGIC);
     state.garbage_bytes += records.len() as u64;
@@ -586,15 +591,7 @@ fn read_block(file: &File, location: Location) -> io::Result<Vec<u8>> {
 /// them (records of persists sled does not hold, or a torn last record).
 fn replay(file: File, path: &Path, generation: u64, seq: u64) -> io::Result<State> {
     let file_len = file.metadata()?.len();
-    let mut state = State {
-        generation,
-        file: Arc::new(file),
-        end: 0,
-        seq,
-        blocks: BTreeMap::new(),
-        live_bytes: 0,
-        garbage_bytes: 0,
-    };
+    let mut state = State::empty(generation, file, seq);
     let file = state.file.clone();
     let mut reader = BufReader::with_capacity(1 << 20, &*file);
     let mut payload = Vec::new();
