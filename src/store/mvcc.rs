@@ -1752,8 +1752,12 @@ impl KeySpace {
                 return Err(sled_error(error));
             }
         }
-        if self.history.wants_rewrite() {
-            self.rewrite_history()?;
+        // The writes are in sled and the log now: a failed rewrite must not report them lost
+        // (they would be written again, below the newest entry); it is tried again next time.
+        if self.history.wants_rewrite()
+            && let Err(error) = self.rewrite_history()
+        {
+            tracing::warn!(%error, "history log rewrite failed; it is tried again at the next persist");
         }
         Ok(())
     }
