@@ -189,8 +189,16 @@ fn damaged(path: &Path, message: String) -> io::Error {
     invalid_data(format!("history log {}: {message}", path.display()))
 }
 
-/// Appends one record to `out`.
-fn push_record(out: &mut Vec<u8>, kind: u8, seq: u64, key: &[u8], value: &[u8]) {
+/// Appends one record to `out`, whose first byte goes at `file_offset` in the file; returns
+/// where the record is.
+fn push_record(
+    out: &mut Vec<u8>,
+    file_offset: u64,
+    kind: u8,
+    seq: u64,
+    key: &[u8],
+    value: &[u8],
+) -> Location {
     let payload_len = PAYLOAD_FIXED_BYTES + key.len() + value.len();
     let payload_len = u32::try_from(payload_len).expect("a history record fits u32");
     let start = out.len();
@@ -204,6 +212,10 @@ fn push_record(out: &mut Vec<u8>, kind: u8, seq: u64, key: &[u8], value: &[u8]) 
     out.extend_from_slice(value);
     let crc = checksum(0, &out[start + HEADER_BYTES as usize..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Location {
+        offset: file_offset + start as u64,
+        payload_len,
+    }
 }
 
 /// One record's payload, split.
@@ -286,11 +298,16 @@ impl HistoryLog {
 
     /// The last block whose key is at or below `key`, with its bytes.
     pub(super) fn block_at_or_below(&self, key: &[u8]) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.last_block_below(Bound::Included(key))
+    }
+
+    /// The last block whose key is below `upper`, with its bytes.
+    fn last_block_below(&self, upper: Bound<&[u8]>) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
         let (file, found) = {
             let state = self.read();
             let found = state
                 .blocks
-                .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+                .range::<[u8], _>((Bound::Unbounded, upper))
                 .next_back()
                 .map(|(key, location)| (key.clone(), *location));
             (state.file.clone(), found)
@@ -312,19 +329,7 @@ impl HistoryLog {
 
     /// The block with the greatest key, with its bytes.
     pub(super) fn last_block(&self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let (file, found) = {
-            let state = self.read();
-            let found = state
-                .blocks
-                .iter()
-                .next_back()
-                .map(|(key, location)| (key.clone(), *location));
-            (state.file.clone(), found)
-        };
-        match found {
-            None => Ok(None),
-            Some((key, location)) => Ok(Some((key, read_block(&file, location)?))),
-        }
+        self.last_block_below(Bound::Unbounded)
     }
 
     /// Every block as it is now, in key order, read as the iterator goes.
@@ -372,27 +377,21 @@ impl HistoryLog {
         let mut records = Vec::new();
         let mut staged = Vec::with_capacity(changes.len());
         for (key, block) in changes {
-            let offset = start + records.len() as u64;
-            match block {
-                Some(block) => {
-                    push_record(&mut records, KIND_PUT, seq, &key, &block);
-                    let payload_len = (start + records.len() as u64 - offset - HEADER_BYTES)
-                        .try_into()
-                        .expect("a history record fits u32");
-                    staged.push((
-                        key,
-                        Change::Put(Location {
-                            offset,
-                            payload_len,
-                        }),
-                    ));
-                }
+            let change = match block {
+                Some(block) => Change::Put(push_record(
+                    &mut records,
+                    start,
+                    KIND_PUT,
+                    seq,
+                    &key,
+                    &block,
+                )),
                 None => {
-                    push_record(&mut records, KIND_REMOVE, seq, &key, &[]);
-                    let record_bytes = start + records.len() as u64 - offset;
-                    staged.push((key, Change::Remove(record_bytes)));
+                    let location = push_record(&mut records, start, KIND_REMOVE, seq, &key, &[]);
+                    Change::Remove(location.record_bytes())
                 }
-            }
+            };
+            staged.push((key, change));
         }
         file.write_all_at(&records, start)?;
         file.sync_data()?;
@@ -512,22 +511,12 @@ fn write_generation_file(
         .open(&temporary)?;
     let mut state = State::empty(generation, file, seq);
     let mut records = Vec::new();
-    push_record(&mut records, KIND_START, seq, &[], MAGIC);
-    state.garbage_bytes += records.len() as u64;
+    let start = push_record(&mut records, 0, KIND_START, seq, &[], MAGIC);
+    state.garbage_bytes += start.record_bytes();
     for block in blocks {
         let (key, block) = block?;
-        let offset = state.end + records.len() as u64;
-        push_record(&mut records, KIND_PUT, seq, &key, &block);
-        let payload_len = (state.end + records.len() as u64 - offset - HEADER_BYTES)
-            .try_into()
-            .expect("a history record fits u32");
-        state.put(
-            key,
-            Location {
-                offset,
-                payload_len,
-            },
-        );
+        let location = push_record(&mut records, state.end, KIND_PUT, seq, &key, &block);
+        state.put(key, location);
         if records.len() >= 1 << 20 {
             state.file.write_all_at(&records, state.end)?;
             state.end += records.len() as u64;
