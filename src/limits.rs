@@ -34,6 +34,11 @@ pub const REQUEST_TIMEOUT_MS: u64 = 7000;
 /// request timeout to stop gracefully.
 pub const CLIENT_DRAIN_MS_MAX: u64 = REQUEST_TIMEOUT_MS;
 
+/// On stop, how long the peer listener may stay open once Raft has stopped: the leader's append
+/// stream into a follower ends only when the leader ends it (it never does while it leads), and
+/// with Raft stopped nothing on it can succeed; what is still open then is closed.
+pub const PEER_DRAIN_MS_MAX: u64 = 500;
+
 /// How long a follower waits for its state machine to reach the leader's read index.
 pub const READ_INDEX_APPLY_WAIT_MS_MAX: u64 = 5000;
 

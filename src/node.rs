@@ -6,7 +6,8 @@
 //!   -> peer listener (PeerService)     -> client listeners (KV, Cluster, Maintenance)
 //!   -> metrics listeners (observe: /metrics, /readyz, /status, ...)
 //!   -> initialize once (new cluster, never initialized)  -> publish client URL
-//!   -> wait for shutdown -> stop serving -> raft.shutdown -> flush
+//!   -> wait for shutdown -> stop serving clients -> raft.shutdown -> close peer connections
+//!   -> flush
 //! ```
 //!
 //! Must never: initialize a node that has any Raft state (a restart rejoins from its own disk).
@@ -86,6 +87,9 @@ pub struct Node {
     pub raft: Raft,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
+    /// Stopped last, after Raft: a follower's reads and forwarded writes in flight during the
+    /// client drain still need the leader's appends.
+    peer_server: JoinHandle<()>,
     publisher: JoinHandle<()>,
 }
 
@@ -206,7 +210,7 @@ impl Node {
         .with_cluster_id(config.cluster_id)
         .into_server();
         let shutdown = wait_for_stop(stopped.clone());
-        servers.push(tokio::spawn(async move {
+        let peer_server = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(peer_service)
                 .serve_with_incoming_shutdown(peer_connections(peer_listener), shutdown)
@@ -214,7 +218,7 @@ impl Node {
             if let Err(e) = served {
                 tracing::error!(error = %e, "peer service stopped");
             }
-        }));
+        });
         if let Some(members) = bootstrap_later {
             servers.push(tokio::spawn(bootstrap_unless_contacted(
                 raft.clone(),
@@ -316,11 +320,17 @@ impl Node {
             raft,
             stop,
             servers,
+            peer_server,
             publisher,
         })
     }
 
     /// Stops serving, stops Raft and lets the store flush. In-flight requests finish or fail.
+    ///
+    /// The peer listener stops accepting at once but serves its open connections until Raft
+    /// has stopped, then for at most [`limits::PEER_DRAIN_MS_MAX`]. It used to wait for them to
+    /// close, and a follower never stopped while its leader lived: the leader's append stream
+    /// stays open.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.publisher.abort();
@@ -329,6 +339,15 @@ impl Node {
         }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+        let mut peer_server = self.peer_server;
+        let drain = Duration::from_millis(limits::PEER_DRAIN_MS_MAX);
+        if tokio::time::timeout(drain, &mut peer_server).await.is_err() {
+            tracing::info!(
+                drain_ms = limits::PEER_DRAIN_MS_MAX,
+                "closing the peer connections still open"
+            );
+            peer_server.abort();
         }
     }
 

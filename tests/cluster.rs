@@ -1263,3 +1263,37 @@ async fn a_new_cluster_forms_without_its_first_member_which_joins_it_later() {
     );
     assert_eq!(cluster.wait_for_leader().await, leader, "no new election");
 }
+
+/// A stop (SIGTERM) of a follower ends while its leader lives: the leader's append stream into
+/// it held the peer listener open, and the follower never exited (an operator's restart waited
+/// for the kill after it). It exits cleanly, and after a restart serves what it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_follower_exits_cleanly_while_its_leader_streams_appends_to_it() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let mut on_leader = cluster.client(leader).await;
+    on_leader.put("stop/k", "v", None).await.expect("put");
+    // The follower holds the put: the append stream carried it there.
+    let before = eventually_get(&cluster, follower, "stop/k").await;
+    assert_eq!(before.kvs().len(), 1, "the follower serves the put");
+
+    let (status, took) =
+        tokio::task::block_in_place(|| cluster.nodes[follower].terminate(Duration::from_secs(20)))
+            .expect("the follower stops within 20 s while its leader lives");
+    assert!(
+        status.success(),
+        "n{} exited with {status:?} after {took:?}",
+        follower + 1
+    );
+    on_leader
+        .put("stop/k2", "v2", None)
+        .await
+        .expect("the other two take writes");
+
+    cluster.restart(follower);
+    let after = eventually_get(&cluster, follower, "stop/k2").await;
+    assert_eq!(after.kvs().len(), 1, "the restarted follower catches up");
+    let kept = eventually_get(&cluster, follower, "stop/k").await;
+    assert_eq!(kept.kvs().len(), 1, "and keeps what it held");
+}
