@@ -39,6 +39,11 @@ pub const CLIENT_DRAIN_MS_MAX: u64 = REQUEST_TIMEOUT_MS;
 /// with Raft stopped nothing on it can succeed; what is still open then is closed.
 pub const PEER_DRAIN_MS_MAX: u64 = 500;
 
+/// On stop, how long a leader waits for the follower it hands its leadership to to take it
+/// (that follower catches up to the leader's last entry, then wins an election at once); the
+/// stop goes on without it after this.
+pub const LEADER_HANDOVER_MS_MAX: u64 = 2000;
+
 /// How long a follower waits for its state machine to reach the leader's read index.
 pub const READ_INDEX_APPLY_WAIT_MS_MAX: u64 = 5000;
 

@@ -6,8 +6,8 @@
 //!   -> peer listener (PeerService)     -> client listeners (KV, Cluster, Maintenance)
 //!   -> metrics listeners (observe: /metrics, /readyz, /status, ...)
 //!   -> initialize once (new cluster, never initialized)  -> publish client URL
-//!   -> wait for shutdown -> stop serving clients -> raft.shutdown -> close peer connections
-//!   -> flush
+//!   -> wait for shutdown -> stop serving clients -> a leader hands leadership over
+//!   -> raft.shutdown -> close peer connections -> flush
 //! ```
 //!
 //! Must never: initialize a node that has any Raft state (a restart rejoins from its own disk).
@@ -88,8 +88,10 @@ pub struct Node {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     /// Stopped last, after Raft: a follower's reads and forwarded writes in flight during the
-    /// client drain still need the leader's appends.
+    /// client drain still need the leader's appends, and a leader's handover needs its
+    /// successor's vote request and first append to reach it.
     peer_server: JoinHandle<()>,
+    peer_stop: watch::Sender<bool>,
     publisher: JoinHandle<()>,
 }
 
@@ -209,7 +211,8 @@ impl Node {
         .with_leader_contact(leader_contact.clone())
         .with_cluster_id(config.cluster_id)
         .into_server();
-        let shutdown = wait_for_stop(stopped.clone());
+        let (peer_stop, peer_stopped) = watch::channel(false);
+        let shutdown = wait_for_stop(peer_stopped);
         let peer_server = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(peer_service)
@@ -321,25 +324,28 @@ impl Node {
             stop,
             servers,
             peer_server,
+            peer_stop,
             publisher,
         })
     }
 
     /// Stops serving, stops Raft and lets the store flush. In-flight requests finish or fail.
     ///
-    /// The peer listener stops accepting at once but serves its open connections until Raft
-    /// has stopped, then for at most [`limits::PEER_DRAIN_MS_MAX`]. It used to wait for them to
-    /// close, and a follower never stopped while its leader lived: the leader's append stream
-    /// stays open.
-    pub async fn shutdown(self) {
+    /// The peer listener serves until Raft has stopped; then it stops accepting, and the
+    /// connections still open get at most [`limits::PEER_DRAIN_MS_MAX`]. It used to wait for
+    /// them to close, and a follower never stopped while its leader lived: the leader's append
+    /// stream stays open.
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         self.publisher.abort();
-        for server in self.servers {
+        for server in std::mem::take(&mut self.servers) {
             let _ = server.await;
         }
+        self.hand_over_leadership().await;
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
+        let _ = self.peer_stop.send(true);
         let mut peer_server = self.peer_server;
         let drain = Duration::from_millis(limits::PEER_DRAIN_MS_MAX);
         if tokio::time::timeout(drain, &mut peer_server).await.is_err() {
@@ -348,6 +354,45 @@ impl Node {
                 "closing the peer connections still open"
             );
             peer_server.abort();
+        }
+    }
+
+    /// A leader that stops hands its leadership to the follower furthest along first, as etcd
+    /// does: the cluster takes writes again once that follower has won its election, rather
+    /// than after an election timeout with no leader. Called after the client drain, so no
+    /// client write is in flight here. Bounded by [`limits::LEADER_HANDOVER_MS_MAX`]; the stop
+    /// goes on without it.
+    async fn hand_over_leadership(&self) {
+        if !self.raft.is_leader() {
+            return;
+        }
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let voters: Vec<NodeId> = self.raft.voter_ids().collect();
+        // Ties go to the larger id, so the choice does not depend on map order.
+        let target = metrics
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != self.config.id && voters.contains(id))
+            .max_by_key(|(id, matched)| (matched.map(|log_id| log_id.index), **id))
+            .map(|(id, _)| *id);
+        let Some(target) = target else {
+            return;
+        };
+        let to = format!("{target:x}");
+        if self.raft.trigger().transfer_leader(target).await.is_err() {
+            return;
+        }
+        let waited = self
+            .raft
+            .wait(Some(Duration::from_millis(limits::LEADER_HANDOVER_MS_MAX)))
+            .current_leader(target, "leadership handover on stop")
+            .await;
+        match waited {
+            Ok(_) => tracing::info!(%to, "handed leadership over"),
+            Err(error) => {
+                tracing::warn!(%to, %error, "leadership handover did not finish; stopping anyway")
+            }
         }
     }
 

@@ -1297,3 +1297,53 @@ async fn a_stopped_follower_exits_cleanly_while_its_leader_streams_appends_to_it
     let kept = eventually_get(&cluster, follower, "stop/k").await;
     assert_eq!(kept.kvs().len(), 1, "and keeps what it held");
 }
+
+/// A stop (SIGTERM) of the leader first hands its leadership to a follower, as etcd does: the
+/// other two take writes again at once instead of after an election timeout with no leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_hands_its_leadership_to_a_follower_first() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader().await;
+    let mut on_leader = cluster.client(leader).await;
+    on_leader.put("handover/k", "v", None).await.expect("put");
+    drop(on_leader);
+
+    let (status, took) =
+        tokio::task::block_in_place(|| cluster.nodes[leader].terminate(Duration::from_secs(20)))
+            .expect("the leader stops within 20 s");
+    assert!(
+        status.success(),
+        "n{} exited with {status:?} after {took:?}",
+        leader + 1
+    );
+    let log = cluster.nodes[leader].log();
+    let handed = log
+        .lines()
+        .find(|line| line.contains("handed leadership over"))
+        .unwrap_or_else(|| {
+            panic!(
+                "n{} stopped without handing its leadership over:\n{}",
+                leader + 1,
+                cluster.nodes[leader].log_tail(20)
+            )
+        });
+    // The follower named there leads now, and takes writes.
+    let successor = cluster.wait_for_leader().await;
+    let mut client = cluster.client(successor).await;
+    let status = client.status().await.expect("status");
+    assert_eq!(
+        status.leader(),
+        status.header().expect("header").member_id()
+    );
+    assert!(
+        handed.contains(&format!("to={:x}", status.leader())),
+        "n{} leads, but the handover went elsewhere: {handed}",
+        successor + 1
+    );
+    client
+        .put("handover/k2", "v2", None)
+        .await
+        .expect("the new leader takes writes");
+    let got = client.get("handover/k", None).await.expect("get");
+    assert_eq!(got.kvs().len(), 1, "with what the old leader acknowledged");
+}
