@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fault suite's CI step (scripts/test.sh runs it): the checkers' unit tests, then
 # `quorumdb-jepsen ci` (the checker's self-test, then all four workloads while every fault
-# happens once; about 2.5 minutes). Needs root (network namespaces, nftables).
+# happens once; about 2.7 minutes). Needs root (network namespaces, nftables).
 # Replay a failing run: JEPSEN_SEED=<seed from the summary line> jepsen/run-ci.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

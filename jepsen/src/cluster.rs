@@ -1,7 +1,7 @@
 //! The cluster under test: three `quorumdb server` processes, node i in namespace n(i+1),
 //! listening on its namespace address, data on disk under the run's temporary folder, logs in
-//! the results folder. The runner keeps each child's pid: kill -9, restart, SIGSTOP and SIGCONT
-//! all go to that pid (`ip netns exec` execs the server, so its pid is the node's).
+//! the results folder. The runner keeps each child's pid: kill -9, SIGTERM, restart, SIGSTOP and
+//! SIGCONT all go to that pid (`ip netns exec` execs the server, so its pid is the node's).
 //!
 //! Must never: signal a process it did not start, or leave a node running (Drop kills every node,
 //! continuing a paused one first is unnecessary: SIGKILL ends stopped processes too).
@@ -141,6 +141,41 @@ impl Cluster {
             let _ = child.wait();
         }
         self.nodes[index].paused = false;
+    }
+
+    /// SIGTERM, an operator's stop: waits up to `wait` for the node to exit. `Err` says how the
+    /// stop went wrong (a failed exit, or still running: then it is killed), a finding.
+    pub async fn terminate(&mut self, index: usize, wait: Duration) -> Result<String, String> {
+        self.signal(index, libc::SIGTERM)?;
+        let started = std::time::Instant::now();
+        loop {
+            let node = &mut self.nodes[index];
+            let child = node.child.as_mut().expect("signalled above");
+            let exited = child
+                .try_wait()
+                .map_err(|e| format!("wait for {}: {e}", node.name))?;
+            if let Some(status) = exited {
+                node.child = None;
+                let took = started.elapsed().as_secs_f64();
+                return if status.success() {
+                    Ok(format!("exited in {took:.2} s"))
+                } else {
+                    Err(format!(
+                        "{} exited with {status} {took:.2} s after SIGTERM",
+                        node.name
+                    ))
+                };
+            }
+            if started.elapsed() >= wait {
+                let name = node.name.clone();
+                self.kill(index);
+                return Err(format!(
+                    "{name} still ran {} s after SIGTERM (killed)",
+                    wait.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn signal(&mut self, index: usize, signal: i32) -> Result<(), String> {

@@ -7,7 +7,7 @@
 //! | family | faults |
 //! |---|---|
 //! | partition | isolate a random node, isolate the leader, bridge (n_a-n_b cut, both reach n_c), one-way ring |
-//! | kill | kill -9 the leader / a random node, restart it at heal |
+//! | kill | kill -9 the leader / a random node; SIGTERM the leader (a clean stop, which hands its leadership over first) / a random node; restart it at heal |
 //! | pause | SIGSTOP the leader / a random node, SIGCONT at heal |
 //! | loss | drop a percentage of node-to-node packets (nft numgen) |
 //! | transfer-storm | Maintenance.MoveLeader to a random other node, again and again |
@@ -61,6 +61,8 @@ pub enum Fault {
     Ring,
     KillRandom,
     KillLeader,
+    StopLeader,
+    StopRandom,
     PauseRandom,
     PauseLeader,
     Loss,
@@ -73,20 +75,24 @@ impl Fault {
             Fault::IsolateRandom | Fault::IsolateLeader | Fault::Bridge | Fault::Ring => {
                 Family::Partition
             }
-            Fault::KillRandom | Fault::KillLeader => Family::Kill,
+            Fault::KillRandom | Fault::KillLeader | Fault::StopLeader | Fault::StopRandom => {
+                Family::Kill
+            }
             Fault::PauseRandom | Fault::PauseLeader => Family::Pause,
             Fault::Loss => Family::Loss,
             Fault::TransferStorm => Family::TransferStorm,
         }
     }
 
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 12] = [
         Fault::IsolateRandom,
         Fault::IsolateLeader,
         Fault::Bridge,
         Fault::Ring,
         Fault::KillRandom,
         Fault::KillLeader,
+        Fault::StopLeader,
+        Fault::StopRandom,
         Fault::PauseRandom,
         Fault::PauseLeader,
         Fault::Loss,
@@ -101,6 +107,8 @@ impl Fault {
             Fault::Ring => "one-way-ring",
             Fault::KillRandom => "kill-random",
             Fault::KillLeader => "kill-leader",
+            Fault::StopLeader => "stop-leader",
+            Fault::StopRandom => "stop-random",
             Fault::PauseRandom => "pause-random",
             Fault::PauseLeader => "pause-leader",
             Fault::Loss => "packet-loss",
@@ -108,6 +116,10 @@ impl Fault {
         }
     }
 }
+
+/// How long a node stopped with SIGTERM may take to exit: its client drain (the request
+/// timeout, 7 s) with room to spare; a node still running then is a finding.
+const STOP_WAIT: Duration = Duration::from_secs(15);
 
 /// One planned fault: when it starts (seconds after the workloads start) and how long it lasts.
 #[derive(Debug, Clone, Serialize)]
@@ -302,6 +314,26 @@ impl<'a> Nemesis<'a> {
                 self.cluster.kill(target);
                 (
                     format!("kill -9 {} ({how})", self.name(target)),
+                    vec![target],
+                )
+            }
+            Fault::StopLeader | Fault::StopRandom => {
+                let (target, how) = if fault == Fault::StopLeader {
+                    self.leader_or_random().await
+                } else {
+                    (self.rng.index(n), "random")
+                };
+                let stopped = self.cluster.terminate(target, STOP_WAIT).await;
+                let outcome = match stopped {
+                    Ok(how_it_went) => how_it_went,
+                    Err(finding) => {
+                        eprintln!("jepsen: FINDING: {finding}");
+                        self.crashes.push(finding.clone());
+                        finding
+                    }
+                };
+                (
+                    format!("SIGTERM {} ({how}): {outcome}", self.name(target)),
                     vec![target],
                 )
             }
