@@ -1264,6 +1264,20 @@ async fn a_new_cluster_forms_without_its_first_member_which_joins_it_later() {
     assert_eq!(cluster.wait_for_leader().await, leader, "no new election");
 }
 
+/// SIGTERM to node `index` (`who`, for the message): it must exit successfully within 20 s.
+fn stop_cleanly(cluster: &mut Cluster, index: usize, who: &str) {
+    let stopped =
+        tokio::task::block_in_place(|| cluster.nodes[index].terminate(Duration::from_secs(20)));
+    let Some((status, took)) = stopped else {
+        panic!("n{} ({who}) still ran 20 s after SIGTERM", index + 1);
+    };
+    assert!(
+        status.success(),
+        "n{} ({who}) exited with {status:?} after {took:?}",
+        index + 1
+    );
+}
+
 /// A stop (SIGTERM) of a follower ends while its leader lives: the leader's append stream into
 /// it held the peer listener open, and the follower never exited (an operator's restart waited
 /// for the kill after it). It exits cleanly, and after a restart serves what it held.
@@ -1278,13 +1292,10 @@ async fn a_stopped_follower_exits_cleanly_while_its_leader_streams_appends_to_it
     let before = eventually_get(&cluster, follower, "stop/k").await;
     assert_eq!(before.kvs().len(), 1, "the follower serves the put");
 
-    let (status, took) =
-        tokio::task::block_in_place(|| cluster.nodes[follower].terminate(Duration::from_secs(20)))
-            .expect("the follower stops within 20 s while its leader lives");
-    assert!(
-        status.success(),
-        "n{} exited with {status:?} after {took:?}",
-        follower + 1
+    stop_cleanly(
+        &mut cluster,
+        follower,
+        "the follower, while its leader lives",
     );
     on_leader
         .put("stop/k2", "v2", None)
@@ -1308,14 +1319,7 @@ async fn a_stopped_leader_hands_its_leadership_to_a_follower_first() {
     on_leader.put("handover/k", "v", None).await.expect("put");
     drop(on_leader);
 
-    let (status, took) =
-        tokio::task::block_in_place(|| cluster.nodes[leader].terminate(Duration::from_secs(20)))
-            .expect("the leader stops within 20 s");
-    assert!(
-        status.success(),
-        "n{} exited with {status:?} after {took:?}",
-        leader + 1
-    );
+    stop_cleanly(&mut cluster, leader, "the leader");
     let log = cluster.nodes[leader].log();
     let handed = log
         .lines()
