@@ -4089,8 +4089,14 @@ pub(crate) mod tests {
             .expect("store the blocks in the tree");
     }
 
-    #[test]
-    fn a_tree_with_one_entry_per_version_opens_with_the_same_reads_and_its_history_in_blocks() {
+    /// Fills a key space in a fresh folder with `fill`, lays its history out in the tree as an
+    /// earlier version kept it (`lay_out`, which checks that layout) and reopens it: the same
+    /// reads, live count and hash, the blocks in the log, and the keys in memory as the history
+    /// defines them.
+    fn reopens_the_same_from_an_earlier_layout(
+        fill: impl FnOnce(&KeySpace),
+        lay_out: impl FnOnce(&KeySpace),
+    ) {
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path().join("db");
         let history_dir = crate::store::history_dir(directory.path());
@@ -4098,17 +4104,10 @@ pub(crate) mod tests {
             let db = sled::Config::new().path(&path).open().expect("open db");
             let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir)
                 .expect("open");
-            put_every_awkward_key(&keyspace);
-            run(&keyspace, delete(b"a", b"b"));
-            run(&keyspace, put(b"a", b"again"));
-            run(&keyspace, Command::Compact { revision: 5 });
-            // Enough versions for several blocks.
-            put_numbered_keys(&keyspace, 200);
+            fill(&keyspace);
             let reads = (every_read(&keyspace), keyspace.live_key_count());
             let hash = keyspace.hash_kv(0).expect("hash");
-            store_one_entry_per_version(&keyspace);
-            assert_eq!(keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).count(), 0);
-            assert!(keyspace.tree.scan_prefix([HISTORY_PREFIX]).count() > 200);
+            lay_out(&keyspace);
             db.flush().expect("flush");
             (reads, hash)
         };
@@ -4122,32 +4121,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_tree_with_one_entry_per_version_opens_with_the_same_reads_and_its_history_in_blocks() {
+        reopens_the_same_from_an_earlier_layout(
+            |keyspace| {
+                put_every_awkward_key(keyspace);
+                run(keyspace, delete(b"a", b"b"));
+                run(keyspace, put(b"a", b"again"));
+                run(keyspace, Command::Compact { revision: 5 });
+                // Enough versions for several blocks.
+                put_numbered_keys(keyspace, 200);
+            },
+            |keyspace| {
+                store_one_entry_per_version(keyspace);
+                assert_eq!(keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).count(), 0);
+                assert!(keyspace.tree.scan_prefix([HISTORY_PREFIX]).count() > 200);
+            },
+        );
+    }
+
+    #[test]
     fn a_tree_with_its_history_blocks_in_sled_opens_with_the_same_reads_and_the_blocks_moved_out() {
-        let directory = tempfile::tempdir().expect("tempdir");
-        let path = directory.path().join("db");
-        let history_dir = crate::store::history_dir(directory.path());
-        let before = {
-            let db = sled::Config::new().path(&path).open().expect("open db");
-            let keyspace = KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir)
-                .expect("open");
-            put_every_awkward_key(&keyspace);
-            run(&keyspace, delete(b"a", b"b"));
-            run(&keyspace, Command::Compact { revision: 5 });
-            put_numbered_keys(&keyspace, 200);
-            let reads = (every_read(&keyspace), keyspace.live_key_count());
-            let hash = keyspace.hash_kv(0).expect("hash");
-            store_blocks_in_the_tree(&keyspace);
-            assert!(keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).count() > 1);
-            db.flush().expect("flush");
-            (reads, hash)
-        };
-        let db = open_when_released(&path);
-        let keyspace =
-            KeySpace::open(db.open_tree("keyspace").expect("tree"), &history_dir).expect("reopen");
-        assert!(keyspace.history.block_count() > 1);
-        let reads = (every_read(&keyspace), keyspace.live_key_count());
-        assert_eq!((reads, keyspace.hash_kv(0).expect("hash")), before);
-        assert_memory_is_the_history(&keyspace);
+        reopens_the_same_from_an_earlier_layout(
+            |keyspace| {
+                put_every_awkward_key(keyspace);
+                run(keyspace, delete(b"a", b"b"));
+                run(keyspace, Command::Compact { revision: 5 });
+                put_numbered_keys(keyspace, 200);
+            },
+            |keyspace| {
+                store_blocks_in_the_tree(keyspace);
+                assert!(keyspace.tree.scan_prefix([blocks::BLOCK_PREFIX]).count() > 1);
+            },
+        );
     }
 
     #[test]

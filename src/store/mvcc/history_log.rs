@@ -534,24 +534,24 @@ fn write_generation_file(
 /// The first open of a tree kept before this log: its history blocks (if any) become
 /// generation 1, and leave the tree in the batch that names that generation.
 fn move_blocks_out_of(tree: &sled::Tree, dir: &Path) -> io::Result<u64> {
-    let mut blocks = Vec::new();
-    for entry in tree.scan_prefix([BLOCK_PREFIX]) {
-        let (key, block) = entry.map_err(sled_error)?;
-        blocks.push((key.to_vec(), block.to_vec()));
-    }
-    let generation = 1;
-    let written = write_generation_file(dir, generation, 0, blocks.iter().cloned().map(Ok))?;
+    // Streamed from the tree into the file: only the keys are kept, for the batch.
     let mut batch = sled::Batch::default();
-    for (key, _) in &blocks {
-        batch.remove(key.as_slice());
-    }
+    let mut moved = 0usize;
+    let blocks = tree.scan_prefix([BLOCK_PREFIX]).map(|entry| {
+        let (key, block) = entry.map_err(sled_error)?;
+        batch.remove(key.clone());
+        moved += 1;
+        Ok((key.to_vec(), block.to_vec()))
+    });
+    let generation = 1;
+    let written = write_generation_file(dir, generation, 0, blocks)?;
     batch.insert(GENERATION_KEY, &generation.to_be_bytes()[..]);
     batch.insert(SEQ_KEY, &written.seq.to_be_bytes()[..]);
     tree.apply_batch(batch).map_err(sled_error)?;
     tree.flush().map_err(sled_error)?;
-    if !blocks.is_empty() {
+    if moved > 0 {
         tracing::info!(
-            blocks = blocks.len(),
+            blocks = moved,
             "key space: history blocks moved out of sled into the history log"
         );
     }
