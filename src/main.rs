@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::Subcommand;
 use quorumdb::bench::BenchArgs;
+use quorumdb::config::CpuScheduling;
 use quorumdb::config::NodeConfig;
 use quorumdb::config::ServerArgs;
 use quorumdb::node::Node;
@@ -84,6 +85,47 @@ fn no_transparent_huge_pages() {
     }
 }
 
+/// Puts this thread under `policy` ([`CpuScheduling`] says why batch is the default). Called on
+/// the main thread before the runtime and the store start: every thread of the server is created
+/// after it and inherits the policy. A thread already under it (a service manager set it, as
+/// deploy/systemd does) is left alone: a sandbox may forbid the call. A kernel that refuses
+/// leaves its default policy: the server runs the same, with more context switches.
+fn set_cpu_scheduling(policy: CpuScheduling) {
+    #[cfg(target_os = "linux")]
+    {
+        let linux_policy = match policy {
+            CpuScheduling::Batch => libc::SCHED_BATCH,
+            CpuScheduling::Normal => libc::SCHED_OTHER,
+        };
+        // SAFETY: sched_getscheduler takes a pid (0: this thread) and touches no memory of ours.
+        if unsafe { libc::sched_getscheduler(0) } == linux_policy {
+            tracing::info!(
+                policy = policy.linux_name(),
+                "CPU scheduling policy already set"
+            );
+            return;
+        }
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is this thread.
+        let set = unsafe { libc::sched_setscheduler(0, linux_policy, &param) };
+        if set == 0 {
+            tracing::info!(policy = policy.linux_name(), "CPU scheduling policy set");
+        } else {
+            tracing::warn!(
+                policy = policy.linux_name(),
+                error = %std::io::Error::last_os_error(),
+                "cannot set the CPU scheduling policy (a sandbox may forbid it: systemd's \
+                 CPUSchedulingPolicy= sets it instead); the current policy stays"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracing::info!(
+        policy = policy.linux_name(),
+        "--cpu-scheduling applies on Linux only; the platform's default stays"
+    );
+}
+
 fn main() -> ExitCode {
     no_transparent_huge_pages();
     let cli = Cli::parse_from(quorumdb::cli::connection_flags_after_verb(
@@ -136,6 +178,7 @@ fn run_local_cluster(data_dir: PathBuf) -> ExitCode {
             Err(code) => return code,
         }
     }
+    set_cpu_scheduling(CpuScheduling::default());
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -171,6 +214,7 @@ fn run_server(args: ServerArgs) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    set_cpu_scheduling(config.cpu_scheduling);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };

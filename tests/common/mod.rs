@@ -79,9 +79,14 @@ impl NodeProcess {
         self.send_signal(libc::SIGCONT);
     }
 
-    fn send_signal(&self, signal: i32) {
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
         let child = self.child.as_ref().expect("the node is running");
-        let pid = child.lock().expect("child lock").id();
+        child.lock().expect("child lock").id()
+    }
+
+    fn send_signal(&self, signal: i32) {
+        let pid = self.pid();
         // SAFETY: kill(2) with a pid this test spawned and has not reaped.
         let sent = unsafe { libc::kill(pid as i32, signal) };
         assert_eq!(sent, 0, "signal {signal} to {}", self.name);
