@@ -18,7 +18,10 @@ const SCHED_BATCH: u32 = 3;
 fn policies_by_thread_name(pid: u32) -> BTreeMap<String, BTreeSet<u32>> {
     let mut policies: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's tasks") {
-        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        // A thread may end between the listing and the read (tokio's idle blocking threads).
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue;
+        };
         let (head, fields) = stat
             .rsplit_once(')')
             .expect("stat has the name in parentheses");
