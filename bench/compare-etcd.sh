@@ -7,6 +7,11 @@
 #
 #   bench/compare-etcd.sh                      # ROUNDS=2 DURATION=10 by default
 #   ROUNDS=3 DURATION=20 bench/compare-etcd.sh
+#   ETCD_CPU_SCHEDULING=batch bench/compare-etcd.sh   # etcd under SCHED_BATCH too (chrt -b 0)
+#
+# QuorumDB's threads run under SCHED_BATCH, its default (README, "Operating a cluster"); etcd
+# runs as shipped (SCHED_OTHER) unless ETCD_CPU_SCHEDULING=batch. The table's header gives the
+# policy each system's first member was seen running under.
 #
 # Every process it starts is killed by pid on exit; data lives in a temporary folder. The table
 # also lists errors by round and gRPC code and QuorumDB's snapshots per member and round; the
@@ -18,6 +23,12 @@ ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-10}
 KEY_SPACE=10000
 OUT=${OUT:-bench/results/$(date -u +%Y-%m-%d)-compare-etcd.md}
+ETCD_CPU_SCHEDULING=${ETCD_CPU_SCHEDULING:-normal}
+case $ETCD_CPU_SCHEDULING in
+  normal) ETCD_LAUNCH=() ;;
+  batch) ETCD_LAUNCH=(chrt -b 0) ;;
+  *) echo "ETCD_CPU_SCHEDULING must be normal or batch (got $ETCD_CPU_SCHEDULING)" >&2; exit 2 ;;
+esac
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
@@ -49,7 +60,7 @@ start_cluster() { # $1 = etcd | quorumdb, $2 = data folder
   for i in 0 1 2; do
     local client="http://127.0.0.1:${CLIENT_PORTS[$i]}" peer="http://127.0.0.1:${PEER_PORTS[$i]}"
     if [ "$system" = etcd ]; then
-      etcd --name "m$i" --data-dir "$data/m$i" --listen-client-urls "$client" --advertise-client-urls "$client" \
+      "${ETCD_LAUNCH[@]}" etcd --name "m$i" --data-dir "$data/m$i" --listen-client-urls "$client" --advertise-client-urls "$client" \
         --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" --initial-cluster "$cluster" \
         --initial-cluster-state new --log-level error >"$data/m$i.log" 2>&1 &
     else
@@ -60,11 +71,21 @@ start_cluster() { # $1 = etcd | quorumdb, $2 = data folder
     PIDS+=($!); MEMBERS+=($!)
   done
   for _ in $(seq 1 100); do
-    if etcdctl --endpoints="${ENDPOINTS//http:\/\//}" endpoint health >/dev/null 2>&1; then return 0; fi
+    if etcdctl --endpoints="${ENDPOINTS//http:\/\//}" endpoint health >/dev/null 2>&1; then
+      echo "$system $(scheduling_policy "${MEMBERS[0]}")" >>"$POLICIES"
+      return 0
+    fi
     sleep 0.2
   done
   echo "$system did not become healthy; logs in $data" >&2
   exit 1
+}
+
+# The Linux scheduling policy a process runs under: field 41 of /proc/<pid>/stat.
+scheduling_policy() {
+  local policy
+  policy=$(sed 's/.*) //' "/proc/$1/stat" | awk '{print $39}')
+  case $policy in 0) echo SCHED_OTHER ;; 3) echo SCHED_BATCH ;; *) echo "policy-$policy" ;; esac
 }
 
 stop_cluster() {
@@ -101,6 +122,7 @@ get-serializable-1000 range-serializable 1000 32 all"
 
 RESULTS=$WORK/results.jsonl
 SNAPSHOTS=$WORK/snapshots.txt
+POLICIES=$WORK/policies.txt
 TICKS_PER_SECOND=$(getconf CLK_TCK)
 for round in $(seq 1 "$ROUNDS"); do
   for system in quorumdb etcd; do
@@ -155,9 +177,14 @@ done
 mkdir -p "$(dirname "$OUT")"
 python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$(git rev-parse --short HEAD)" "$(nproc)" \
   "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)" "$(etcd --version | head -1)" \
-  "$SNAPSHOTS" <<'PY'
+  "$SNAPSHOTS" "$POLICIES" <<'PY'
 import json, statistics, sys, datetime
-path, out, rounds, duration, commit, cores, cpu, etcd, snapshots = sys.argv[1:10]
+path, out, rounds, duration, commit, cores, cpu, etcd, snapshots, policies = sys.argv[1:11]
+seen = {}
+for line in open(policies):
+    system, policy = line.split(maxsplit=1)
+    seen.setdefault(system, set()).add(policy.strip())
+policy_of = lambda system: " / ".join(sorted(seen.get(system, {"unknown"})))
 rows = {}
 for line in open(path):
     r = json.loads(line)
@@ -169,7 +196,8 @@ lines = [
     f"- commit {commit}; {etcd}; {cores} cores ({cpu}); loopback; 3 members each; fsync'd logs",
     f"- {rounds} rounds alternating QuorumDB, etcd on fresh clusters; {duration} s per row; 8-byte keys,",
     "  256-byte values, 10,000 keys written before the reads; medians over rounds",
-    "- CPU = host CPU-ms of all three members per 1,000 requests; RSS = peak of the largest member", "",
+    "- CPU = host CPU-ms of all three members per 1,000 requests; RSS = peak of the largest member",
+    f"- CPU scheduling policy seen: QuorumDB {policy_of('quorumdb')}, etcd {policy_of('etcd')}", "",
     "| row | QuorumDB req/s | etcd req/s | ratio | QuorumDB p50 / p99 ms | etcd p50 / p99 ms | QuorumDB CPU-ms/1k | etcd CPU-ms/1k | QuorumDB RSS MiB | etcd RSS MiB | errors Q/E |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
 ]
