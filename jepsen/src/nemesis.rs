@@ -255,6 +255,16 @@ impl<'a> Nemesis<'a> {
         }
     }
 
+    /// The node a fault aimed at one node hits, and how it was chosen: the leader (random when
+    /// none is agreed) for the faults aimed at it, else a random node.
+    async fn target(&mut self, at_leader: bool) -> (usize, &'static str) {
+        if at_leader {
+            self.leader_or_random().await
+        } else {
+            (self.rng.index(self.cluster.len()), "random")
+        }
+    }
+
     fn name(&self, index: usize) -> String {
         self.cluster.nodes[index].name.clone()
     }
@@ -266,11 +276,7 @@ impl<'a> Nemesis<'a> {
         let start_ns = self.recorder.now_ns();
         let (description, targets) = match fault {
             Fault::IsolateRandom | Fault::IsolateLeader => {
-                let (target, how) = if fault == Fault::IsolateLeader {
-                    self.leader_or_random().await
-                } else {
-                    (self.rng.index(n), "random")
-                };
+                let (target, how) = self.target(fault == Fault::IsolateLeader).await;
                 let others: Vec<usize> = (0..n).filter(|i| *i != target).collect();
                 let mut faults = NetFaults::default();
                 faults.cut_between(&[target], &others);
@@ -306,11 +312,7 @@ impl<'a> Nemesis<'a> {
                 (format!("one-way ring: {}", arrows.join(" ")), vec![])
             }
             Fault::KillRandom | Fault::KillLeader => {
-                let (target, how) = if fault == Fault::KillLeader {
-                    self.leader_or_random().await
-                } else {
-                    (self.rng.index(n), "random")
-                };
+                let (target, how) = self.target(fault == Fault::KillLeader).await;
                 self.cluster.kill(target);
                 (
                     format!("kill -9 {} ({how})", self.name(target)),
@@ -318,11 +320,7 @@ impl<'a> Nemesis<'a> {
                 )
             }
             Fault::StopLeader | Fault::StopRandom => {
-                let (target, how) = if fault == Fault::StopLeader {
-                    self.leader_or_random().await
-                } else {
-                    (self.rng.index(n), "random")
-                };
+                let (target, how) = self.target(fault == Fault::StopLeader).await;
                 let stopped = self.cluster.terminate(target, STOP_WAIT).await;
                 let outcome = match stopped {
                     Ok(how_it_went) => how_it_went,
@@ -338,11 +336,7 @@ impl<'a> Nemesis<'a> {
                 )
             }
             Fault::PauseRandom | Fault::PauseLeader => {
-                let (target, how) = if fault == Fault::PauseLeader {
-                    self.leader_or_random().await
-                } else {
-                    (self.rng.index(n), "random")
-                };
+                let (target, how) = self.target(fault == Fault::PauseLeader).await;
                 self.cluster.pause(target)?;
                 (
                     format!("SIGSTOP {} ({how})", self.name(target)),
