@@ -102,6 +102,25 @@ for s in json.load(sys.stdin):
         print("http://" + s["Endpoint"]); break'
 }
 
+# Puts the first member in the lead, as in the other system: clients spread over the endpoints
+# round robin from the first, so the leader's place decides how many requests followers forward
+# (every one of them at one connection). QuorumDB's first member usually wins the first election,
+# etcd's leader is any of the three: left so, one client's puts went to etcd's followers two
+# rounds in three, at ~9% more CPU per put than at its leader (2026-12-06-fair-leader.md).
+first_member_leads() { # $1 = system
+  local first=${ENDPOINTS%%,*} id
+  [ "$(leader_endpoint)" = "$first" ] && return 0
+  id=$(etcdctl --endpoints="${first#http://}" endpoint status -w json |
+    python3 -c 'import json, sys; print("%x" % json.load(sys.stdin)[0]["Status"]["header"]["member_id"])')
+  etcdctl --endpoints="${ENDPOINTS//http:\/\//}" move-leader "$id" >/dev/null
+  for _ in $(seq 1 50); do
+    [ "$(leader_endpoint)" = "$first" ] && return 0
+    sleep 0.1
+  done
+  echo "$1: leadership did not move to the first member" >&2
+  exit 1
+}
+
 cpu_ticks() { local total=0 pid; for pid in "${MEMBERS[@]}"; do
   total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$total"; }
 peak_rss_kib() { local peak=0 pid rss; for pid in "${MEMBERS[@]}"; do
@@ -123,6 +142,7 @@ get-serializable-1000 range-serializable 1000 32 all"
 RESULTS=$WORK/results.jsonl
 SNAPSHOTS=$WORK/snapshots.txt
 POLICIES=$WORK/policies.txt
+LEADERS=$WORK/leaders.txt
 TICKS_PER_SECOND=$(getconf CLK_TCK)
 for round in $(seq 1 "$ROUNDS"); do
   for system in quorumdb etcd; do
@@ -132,6 +152,7 @@ for round in $(seq 1 "$ROUNDS"); do
     # Reads must find their keys: write the whole key space once.
     "$BIN" bench --endpoints "$ENDPOINTS" --workload put --total "$KEY_SPACE" --sequential-keys \
       --key-space "$KEY_SPACE" --clients 64 --conns 8 --json >/dev/null
+    first_member_leads "$system"
     while read -r name workload clients conns target; do
       endpoints=$ENDPOINTS; extra=()
       case $target in
@@ -155,6 +176,9 @@ print(json.dumps({"row": name, "system": system, "round": int(round_), "qps": r[
         "$name" "$system" "$round" "$((after - before))" "$TICKS_PER_SECOND" "$(peak_rss_kib)" >>"$RESULTS"
       echo "  $name done" >&2
     done <<<"$MATRIX"
+    # Who led at the end: a leader change under load would shift the roles the clients met.
+    if [ "$(leader_endpoint)" = "${ENDPOINTS%%,*}" ]; then led=kept; else led="moved to $(leader_endpoint)"; fi
+    echo "$system round $round: $led" >>"$LEADERS"
     if [ "$system" = quorumdb ]; then
       # Snapshots built, sent and installed per member: a follower that fell behind the log
       # kept after a snapshot catches up by one, and reads on it wait meanwhile.
@@ -177,9 +201,9 @@ done
 mkdir -p "$(dirname "$OUT")"
 python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$(git rev-parse --short HEAD)" "$(nproc)" \
   "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)" "$(etcd --version | head -1)" \
-  "$SNAPSHOTS" "$POLICIES" <<'PY'
+  "$SNAPSHOTS" "$POLICIES" "$LEADERS" <<'PY'
 import json, statistics, sys, datetime
-path, out, rounds, duration, commit, cores, cpu, etcd, snapshots, policies = sys.argv[1:11]
+path, out, rounds, duration, commit, cores, cpu, etcd, snapshots, policies, leaders = sys.argv[1:12]
 seen = {}
 for line in open(policies):
     system, policy = line.split(maxsplit=1)
@@ -197,7 +221,10 @@ lines = [
     f"- {rounds} rounds alternating QuorumDB, etcd on fresh clusters; {duration} s per row; 8-byte keys,",
     "  256-byte values, 10,000 keys written before the reads; medians over rounds",
     "- CPU = host CPU-ms of all three members per 1,000 requests; RSS = peak of the largest member",
-    f"- CPU scheduling policy seen: QuorumDB {policy_of('quorumdb')}, etcd {policy_of('etcd')}", "",
+    f"- CPU scheduling policy seen: QuorumDB {policy_of('quorumdb')}, etcd {policy_of('etcd')}",
+    "- the first member leads in both systems (moved there before the rows); clients spread over",
+    "  the endpoints round robin from it. Leader at the end of each round: "
+    + "; ".join(line.strip() for line in open(leaders)), "",
     "| row | QuorumDB req/s | etcd req/s | ratio | QuorumDB p50 / p99 ms | etcd p50 / p99 ms | QuorumDB CPU-ms/1k | etcd CPU-ms/1k | QuorumDB RSS MiB | etcd RSS MiB | errors Q/E |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
 ]
