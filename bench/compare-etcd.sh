@@ -126,8 +126,10 @@ cpu_ticks() { local total=0 pid; for pid in "${MEMBERS[@]}"; do
 peak_rss_kib() { local peak=0 pid rss; for pid in "${MEMBERS[@]}"; do
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status"); [ "$rss" -gt "$peak" ] && peak=$rss; done; echo "$peak"; }
 
-# name workload clients conns target
+# name workload clients conns target. put-1 meets the leader (the first member leads), put-1-follower
+# a follower, which hands each write to the leader (forwarded in QuorumDB, proposed in etcd).
 MATRIX="put-1 put 1 1 all
+put-1-follower put 1 1 followers
 put-16 put 16 4 all
 put-64 put 64 8 all
 put-256 put 256 16 all
