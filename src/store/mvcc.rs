@@ -123,6 +123,7 @@
 
 mod blocks;
 mod history_log;
+mod map_key;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -142,6 +143,8 @@ use std::time::Instant;
 
 use serde::Deserialize;
 use serde::Serialize;
+
+use map_key::MapKey;
 
 use super::codec::Crc32c;
 use super::codec::sled_error;
@@ -511,7 +514,7 @@ struct KeyState {
 
 /// Every key the history holds a version of. Rebuilt from the tree on open and on restore, and
 /// changed only with the history entries themselves, under the write gate.
-type Keys = BTreeMap<Vec<u8>, KeyState>;
+type Keys = BTreeMap<MapKey, KeyState>;
 
 /// Whether a history value is a tombstone; an error for a value that is neither kind.
 fn is_tombstone(user_key: &[u8], entry: &[u8]) -> io::Result<bool> {
@@ -565,7 +568,7 @@ fn change_key(
 /// Adds `user_key`, not in `keys`, with its first version.
 fn insert_key(keys: &mut Keys, user_key: &[u8], version: Version, current: Option<Vec<u8>>) {
     keys.insert(
-        user_key.to_vec(),
+        MapKey::new(user_key),
         KeyState {
             current,
             versions: vec![version],
@@ -1163,7 +1166,7 @@ impl Apply<'_> {
         let keys = &mut self.memory.keys;
         for KeyUndo { user_key, before } in std::mem::take(&mut self.key_undo).into_iter().rev() {
             let state = keys
-                .get_mut(&user_key)
+                .get_mut(user_key.as_slice())
                 .expect("a key a txn changed is in the keys");
             match before {
                 Some(Before { current, pushed }) => {
@@ -1173,7 +1176,7 @@ impl Apply<'_> {
                     state.current = current;
                 }
                 None => keys
-                    .remove(&user_key)
+                    .remove(user_key.as_slice())
                     .map(drop)
                     .expect("the key the txn created"),
             }
@@ -1383,7 +1386,7 @@ impl Apply<'_> {
             let state = self
                 .memory
                 .keys
-                .get_mut(&user_key)
+                .get_mut(user_key.as_slice())
                 .expect("a key the index visited is in it");
             let gone: Vec<Version> = state.versions.drain(..drop_to).collect();
             // Only a deleted key loses every version: a current version is never compacted.
@@ -1392,7 +1395,7 @@ impl Apply<'_> {
                     state.current.is_none(),
                     "the current version of {user_key:?} compacted"
                 );
-                self.memory.keys.remove(&user_key);
+                self.memory.keys.remove(user_key.as_slice());
             }
             for version in gone {
                 self.write(history_key(version.revision, &user_key), None);
@@ -1949,7 +1952,7 @@ impl KeySpace {
         let index = memory
             .keys
             .iter()
-            .map(|(user_key, state)| (user_key.clone(), state.versions.clone()))
+            .map(|(user_key, state)| (user_key.to_vec(), state.versions.clone()))
             .collect();
         *self
             .history_readers
@@ -2056,7 +2059,7 @@ fn load_history<V: AsRef<[u8]>>(
             }
             Some(stored.to_vec())
         };
-        let state = keys.entry(user_key).or_default();
+        let state = keys.entry(MapKey::new(&user_key)).or_default();
         if state
             .versions
             .last()
