@@ -50,6 +50,7 @@ CLIENT_PORTS=(24379 25379 26379)
 PEER_PORTS=(24380 25380 26380)
 METRICS_PORTS=(24381 25381 26381)
 ENDPOINTS=$(printf 'http://127.0.0.1:%s,' "${CLIENT_PORTS[@]}"); ENDPOINTS=${ENDPOINTS%,}
+FIRST_ENDPOINT=${ENDPOINTS%%,*}
 MEMBERS=()
 
 start_cluster() { # $1 = etcd | quorumdb, $2 = data folder
@@ -108,13 +109,13 @@ for s in json.load(sys.stdin):
 # etcd's leader is any of the three: left so, one client's puts went to etcd's followers two
 # rounds in three, at ~9% more CPU per put than at its leader (2026-12-06-fair-leader.md).
 first_member_leads() { # $1 = system
-  local first=${ENDPOINTS%%,*} id
-  [ "$(leader_endpoint)" = "$first" ] && return 0
-  id=$(etcdctl --endpoints="${first#http://}" endpoint status -w json |
+  local id
+  [ "$(leader_endpoint)" = "$FIRST_ENDPOINT" ] && return 0
+  id=$(etcdctl --endpoints="${FIRST_ENDPOINT#http://}" endpoint status -w json |
     python3 -c 'import json, sys; print("%x" % json.load(sys.stdin)[0]["Status"]["header"]["member_id"])')
   etcdctl --endpoints="${ENDPOINTS//http:\/\//}" move-leader "$id" >/dev/null
   for _ in $(seq 1 50); do
-    [ "$(leader_endpoint)" = "$first" ] && return 0
+    [ "$(leader_endpoint)" = "$FIRST_ENDPOINT" ] && return 0
     sleep 0.1
   done
   echo "$1: leadership did not move to the first member" >&2
@@ -179,7 +180,8 @@ print(json.dumps({"row": name, "system": system, "round": int(round_), "qps": r[
       echo "  $name done" >&2
     done <<<"$MATRIX"
     # Who led at the end: a leader change under load would shift the roles the clients met.
-    if [ "$(leader_endpoint)" = "${ENDPOINTS%%,*}" ]; then led=kept; else led="moved to $(leader_endpoint)"; fi
+    led=$(leader_endpoint)
+    if [ "$led" = "$FIRST_ENDPOINT" ]; then led=kept; else led="moved to $led"; fi
     echo "$system round $round: $led" >>"$LEADERS"
     if [ "$system" = quorumdb ]; then
       # Snapshots built, sent and installed per member: a follower that fell behind the log
