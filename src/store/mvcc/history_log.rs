@@ -374,7 +374,18 @@ impl HistoryLog {
         if file.metadata()?.len() != start {
             file.set_len(start)?;
         }
-        let mut records = Vec::new();
+        // Sized up front: grown record by record, the buffer of a large persist was copied
+        // over and over (1% of a follower's CPU at 1000 clients).
+        let records_bytes = changes
+            .iter()
+            .map(|(key, block)| {
+                HEADER_BYTES as usize
+                    + PAYLOAD_FIXED_BYTES
+                    + key.len()
+                    + block.as_ref().map_or(0, Vec::len)
+            })
+            .sum();
+        let mut records = Vec::with_capacity(records_bytes);
         let mut staged = Vec::with_capacity(changes.len());
         for (key, block) in changes {
             let change = match block {
@@ -393,6 +404,7 @@ impl HistoryLog {
             };
             staged.push((key, change));
         }
+        debug_assert_eq!(records.len(), records_bytes, "records sized up front");
         file.write_all_at(&records, start)?;
         file.sync_data()?;
         Ok(Some(Staged {
