@@ -512,14 +512,16 @@ struct KeyState {
     versions: Vec<Version>,
 }
 
-/// A key's current version: its encoded [`StoredValue`], and beside it the two numbers of it
-/// that every put of the key needs. A put that neither returns nor keeps part of the previous
-/// value so never reads it: with the values spread over more memory than the caches hold, that
-/// read was a cache miss per put (2.5% of a follower's CPU at 1000 clients, nearly all of it on
-/// the first byte's load).
+/// A key's current version: its encoded [`StoredValue`], and beside it the numbers of it that
+/// every put of the key needs. A put that neither returns nor keeps part of the previous value
+/// so never reads it: with the values spread over more memory than the caches hold, that read
+/// was a cache miss per put (2.5% of a follower's CPU at 1000 clients, nearly all of it on the
+/// first byte's load). `mod_revision` is the revision of the key's newest version, which a put
+/// otherwise read from the versions' buffer, another miss (see [`push_version`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Current {
     create_revision: i64,
+    mod_revision: i64,
     version: i64,
     stored: Vec<u8>,
 }
@@ -596,15 +598,25 @@ fn push_version(
     version: Version,
     current: Option<Current>,
 ) -> Before {
-    let newest = state.versions.last_mut();
+    // A key that exists has its current version newest, and that version's revision is beside
+    // the value: the versions' buffer (elsewhere in memory) is then written, not read.
+    let newest = match &state.current {
+        Some(current) => Some(current.mod_revision),
+        None => state.versions.last().map(|newest| newest.revision),
+    };
+    debug_assert_eq!(
+        newest,
+        state.versions.last().map(|newest| newest.revision),
+        "the current version of {user_key:?} is not its newest"
+    );
     let pushed = match newest {
-        Some(newest) if newest.revision == version.revision => {
-            *newest = version;
+        Some(newest) if newest == version.revision => {
+            *state.versions.last_mut().expect("the newest version") = version;
             false
         }
         newest => {
             assert!(
-                newest.is_none_or(|newest| newest.revision < version.revision),
+                newest.is_none_or(|newest| newest < version.revision),
                 "a new version of {user_key:?} at {} is not the newest",
                 version.revision
             );
@@ -1234,8 +1246,16 @@ impl Apply<'_> {
             Some(current) if op.prev_kv || op.ignore_value || op.ignore_lease => {
                 let previous = StoredValue::decode(&current.stored)?;
                 debug_assert_eq!(
-                    (previous.create_revision, previous.version),
-                    (current.create_revision, current.version),
+                    (
+                        previous.create_revision,
+                        previous.mod_revision,
+                        previous.version
+                    ),
+                    (
+                        current.create_revision,
+                        current.mod_revision,
+                        current.version
+                    ),
                     "a current version's numbers beside it differ from its own"
                 );
                 Some(previous)
@@ -1264,6 +1284,7 @@ impl Apply<'_> {
             .map(|previous| previous.to_key_value(&op.key));
         let current = Some(Current {
             create_revision,
+            mod_revision: revision,
             version: version_number,
             stored: history_value[1..].to_vec(),
         });
@@ -2087,6 +2108,7 @@ fn load_history<V: AsRef<[u8]>>(
             }
             Some(Current {
                 create_revision: version.create_revision,
+                mod_revision: version.mod_revision,
                 version: version.version,
                 stored: stored.to_vec(),
             })
