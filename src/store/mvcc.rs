@@ -526,6 +526,18 @@ struct Current {
     stored: Vec<u8>,
 }
 
+impl Current {
+    /// `value`'s numbers beside `stored`, its encoding.
+    fn new(value: &StoredValue, stored: Vec<u8>) -> Current {
+        Current {
+            create_revision: value.create_revision,
+            mod_revision: value.mod_revision,
+            version: value.version,
+            stored,
+        }
+    }
+}
+
 /// Every key the history holds a version of. Rebuilt from the tree on open and on restore, and
 /// changed only with the history entries themselves, under the write gate.
 type Keys = BTreeMap<MapKey, KeyState>;
@@ -1246,29 +1258,19 @@ impl Apply<'_> {
             Some(current) if op.prev_kv || op.ignore_value || op.ignore_lease => {
                 let previous = StoredValue::decode(&current.stored)?;
                 debug_assert_eq!(
-                    (
-                        previous.create_revision,
-                        previous.mod_revision,
-                        previous.version
-                    ),
-                    (
-                        current.create_revision,
-                        current.mod_revision,
-                        current.version
-                    ),
+                    &Current::new(&previous, current.stored.clone()),
+                    current,
                     "a current version's numbers beside it differ from its own"
                 );
                 Some(previous)
             }
             _ => None,
         };
-        let create_revision = existing.map_or(revision, |current| current.create_revision);
-        let version_number = existing.map_or(1, |current| current.version + 1);
         let created = existing.is_none();
-        let history_value = StoredValue {
-            create_revision,
+        let new_value = StoredValue {
+            create_revision: existing.map_or(revision, |current| current.create_revision),
             mod_revision: revision,
-            version: version_number,
+            version: existing.map_or(1, |current| current.version + 1),
             lease: match (&previous, op.ignore_lease) {
                 (Some(previous), true) => previous.lease,
                 _ => op.lease,
@@ -1277,17 +1279,12 @@ impl Apply<'_> {
                 (Some(previous), true) => previous.value,
                 _ => &op.value,
             },
-        }
-        .history_value()?;
+        };
+        let history_value = new_value.history_value()?;
+        let current = Some(Current::new(&new_value, history_value[1..].to_vec()));
         let prev_kv = previous
             .filter(|_| op.prev_kv)
             .map(|previous| previous.to_key_value(&op.key));
-        let current = Some(Current {
-            create_revision,
-            mod_revision: revision,
-            version: version_number,
-            stored: history_value[1..].to_vec(),
-        });
         let version = Version {
             revision,
             tombstone: false,
@@ -2106,12 +2103,7 @@ fn load_history<V: AsRef<[u8]>>(
                     version.mod_revision
                 )));
             }
-            Some(Current {
-                create_revision: version.create_revision,
-                mod_revision: version.mod_revision,
-                version: version.version,
-                stored: stored.to_vec(),
-            })
+            Some(Current::new(&version, stored.to_vec()))
         };
         let state = keys.entry(MapKey::new(&user_key)).or_default();
         if state
